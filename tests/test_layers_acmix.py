@@ -1,0 +1,131 @@
+"""The ResNet ACmix layer against a NumPy reference written from the paper's equations and the
+official numerics (reflection padding, q-only scaling, head-major split, d*9+j conv channels)."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor
+
+from src.layers.acmix import LocalAttentionACmix, shift_kernels
+
+
+def _p(cell, name):
+    return cell.parameters_dict()[name].asnumpy() if name in cell.parameters_dict() else None
+
+
+def reference_acmix(layer, x):
+    """ACmix forward in NumPy, one output position at a time."""
+    prm = {p.name: p.asnumpy() for p in layer.get_parameters()}
+    b, _, h, w = x.shape
+    head, hd, ka, kc = layer.head, layer.head_dim, layer.kernel_att, layer.kernel_conv
+    s, dil = layer.stride, layer.dilation
+
+    def conv1x1(name, t):
+        wt, bias = prm[name + '.weight'][:, :, 0, 0], prm.get(name + '.bias')
+        out = np.einsum('oc,bchw->bohw', wt, t)
+        return out if bias is None else out + bias[None, :, None, None]
+
+    q, k, v = conv1x1('conv1', x), conv1x1('conv2', x), conv1x1('conv3', x)
+    h_out, w_out = -(-h // s), -(-w // s)
+    outs = []
+    if layer.use_att:
+        grid = np.stack([np.tile(np.linspace(-1, 1, w), (h, 1)), np.tile(np.linspace(-1, 1, h)[:, None], (1, w))])
+        pe = conv1x1('conv_p', grid[None].astype(np.float32))[0]  # (hd, h, w)
+        pad = (dil * (ka - 1) + 1) // 2
+        padf = lambda t: np.pad(t, [(0, 0)] * (t.ndim - 2) + [(pad, pad), (pad, pad)], mode='reflect')
+        kp, vp, pep = padf(k.reshape(b, head, hd, h, w)), padf(v.reshape(b, head, hd, h, w)), padf(pe)
+        qs = q.reshape(b, head, hd, h, w) * hd ** -0.5
+        out = np.zeros((b, head, hd, h_out, w_out))
+        for i in range(h_out):
+            for j in range(w_out):
+                ys = [i * s + a * dil for a in range(ka)]
+                xs = [j * s + c * dil for c in range(ka)]
+                kw = kp[:, :, :, ys][:, :, :, :, xs].reshape(b, head, hd, ka * ka)
+                vw = vp[:, :, :, ys][:, :, :, :, xs].reshape(b, head, hd, ka * ka)
+                pw = pep[:, ys][:, :, xs].reshape(hd, ka * ka)
+                qc = qs[:, :, :, i * s, j * s]  # (b, head, hd)
+                logit = np.einsum('bnd,bndj->bnj', qc, kw + pe[:, i * s, j * s][:, None] - pw)
+                att = np.exp(logit - logit.max(-1, keepdims=True))
+                att /= att.sum(-1, keepdims=True)
+                out[:, :, :, i, j] = np.einsum('bnj,bndj->bnd', att, vw)
+        outs.append(out.reshape(b, -1, h_out, w_out))
+    if layer.use_conv:
+        qkv = np.concatenate([t.reshape(b, head, hd, h * w) for t in (q, k, v)], 1)
+        f = np.einsum('jc,bcdp->bjdp', prm['fc.weight'][:, :, 0, 0], qkv)
+        f = f.transpose(0, 2, 1, 3).reshape(b, hd * kc * kc, h, w)
+        wt = prm['dep_conv.weight']  # (out, kc*kc, kc, kc), group = out // (out // hd)
+        cp = dil * (kc // 2)
+        fp = np.pad(f, [(0, 0), (0, 0), (cp, cp), (cp, cp)])
+        opg = layer.out_planes // hd
+        out = np.zeros((b, layer.out_planes, h_out, w_out))
+        for o in range(layer.out_planes):
+            g = o // opg
+            src = fp[:, g * kc * kc:(g + 1) * kc * kc]
+            for a in range(kc):
+                for c in range(kc):
+                    patch = src[:, :, a * dil: a * dil + s * (h_out - 1) + 1: s, c * dil: c * dil + s * (w_out - 1) + 1: s]
+                    out[:, o] += np.einsum('i,bihw->bhw', wt[o, :, a, c], patch)
+        outs.append(out)
+    if len(outs) == 2:
+        return prm['rate1'][0] * outs[0] + prm['rate2'][0] * outs[1]
+    return outs[0]
+
+
+def _randomise(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    for p in layer.get_parameters():
+        if p.name in ('rate1', 'rate2'):
+            p.set_data(Tensor(rng.uniform(0.3, 1.5, p.shape).astype(np.float32)))
+        elif p.name.endswith('bias') or p.name.startswith('conv_p'):
+            p.set_data(Tensor(rng.normal(0, 1.0, p.shape).astype(np.float32)))
+        elif p.name == 'dep_conv.weight':
+            p.set_data(Tensor((p.asnumpy() + rng.normal(0, 0.3, p.shape)).astype(np.float32)))
+
+
+@pytest.mark.parametrize('stride,h,w,paths,dilation,kc', [
+    (1, 9, 10, 'both', 1, 3),
+    (2, 10, 12, 'both', 1, 3),
+    (2, 9, 11, 'both', 1, 3),      # odd sizes at stride 2: the official code crashes here
+    (1, 14, 14, 'both', 2, 3),     # dilated window: the official code crashes here
+    (1, 8, 8, 'both', 1, 5),       # kernel_conv 5: the official code crashes here
+    (1, 8, 9, 'attention', 1, 3),
+    (2, 8, 9, 'conv', 1, 3),
+])
+def test_acmix_matches_numpy_reference(stride, h, w, paths, dilation, kc):
+    layer = LocalAttentionACmix(6, 8, kernel_att=7, head=2, kernel_conv=kc, stride=stride,
+                                dilation=dilation, paths=paths)
+    _randomise(layer)
+    x = np.random.default_rng(1).normal(size=(2, 6, h, w)).astype(np.float32)
+    got = layer(Tensor(x)).asnumpy()
+    want = reference_acmix(layer, x.astype(np.float64))
+    assert got.shape == want.shape == (2, 8, -(-h // stride), -(-w // stride))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_shift_kernels_are_shifts():
+    k = shift_kernels(4, 3)
+    assert k.shape == (4, 9, 3, 3)
+    for i in range(9):
+        assert k[2, i, i // 3, i % 3] == 1 and k[2, i].sum() == 1
+
+
+def test_fixed_shift_is_not_trainable():
+    layer = LocalAttentionACmix(8, 8, head=2, learnable_shift=False)
+    names = [p.name for p in layer.trainable_params()]
+    assert 'dep_conv.weight' not in names and 'rate1' in names
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='kernel_conv'):
+        LocalAttentionACmix(8, 8, kernel_conv=4)
+    with pytest.raises(ValueError, match='divisible'):
+        LocalAttentionACmix(8, 10, head=4)
+    with pytest.raises(ValueError, match='paths'):
+        LocalAttentionACmix(8, 8, paths='mix')
+
+
+def test_fp16_forward_runs():
+    layer = LocalAttentionACmix(8, 8, head=2, stride=2)
+    layer.to_float(ms.float16)
+    x = Tensor(np.random.randn(1, 8, 8, 8).astype(np.float16))
+    out = layer(x)
+    assert out.shape == (1, 8, 4, 4) and np.isfinite(out.asnumpy()).all()
