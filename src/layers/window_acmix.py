@@ -1,0 +1,140 @@
+"""Window attention for Swin Transformers, plain and ACmix.
+
+Both Cells take the whole (cyclically shifted) map (B, H, W, C) and return a map of the same
+shape, so a block treats them alike. For the plain attention this is the usual Swin computation
+(the per-token qkv and proj commute with window partitioning). The ACmix one follows the official
+`WindowAttention_acmix` (LeapLabTHU/ACmix): qkv runs on the whole shifted map, the convolution
+path (fc over the 3*heads q/k/v channels, then a shift-initialised grouped convolution) runs on the
+shifted map across window borders and the roll seam, unmasked, with zero padding; the output is
+`rate1 * proj(window_attention) + rate2 * conv`, then proj_drop.
+"""
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from .acmix import ACMIX_PATHS, shift_kernels, _check_odd
+from .window_ops import relative_position_index, window_partition, window_reverse
+
+
+def dense(in_features, out_features, has_bias=True):
+    """nn.Dense with Swin's init: trunc_normal(std=.02) weights, zero bias."""
+    return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(0.02),
+                    bias_init='zeros', has_bias=has_bias)
+
+
+class WindowAttention(nn.Cell):
+    """Multi-head self-attention inside non-overlapping windows, with relative position bias.
+
+    Args:
+        dim: channels; num_heads must divide it.
+        window_size: side of the square window.
+        num_heads: attention heads.
+        qkv_bias: bias on the qkv projection.
+        qk_scale: overrides head_dim ** -0.5.
+        attn_drop, proj_drop: dropout rates.
+
+    construct(x, mask=None): x (B, H, W, C) with H, W multiples of window_size; mask None or a
+    (nW, N, N) additive mask (N = window_size^2). Returns (B, H, W, C).
+    """
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None,
+                 attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.qkv = dense(dim, 3 * dim, has_bias=qkv_bias)
+        self._init_attention(attn_drop)
+        self.proj_drop = nn.Dropout(p=proj_drop)
+
+    def _init_attention(self, attn_drop):
+        ws = self.window_size
+        self.relative_position_bias_table = Parameter(
+            initializer(TruncatedNormal(0.02), ((2 * ws - 1) ** 2, self.num_heads), ms.float32),
+            name='relative_position_bias_table')
+        # A constant Tensor, not a Parameter: it stays out of checkpoints and optimizers.
+        self.relative_position_index = Tensor(relative_position_index(ws).reshape(-1), ms.int32)
+        self.attn_drop = nn.Dropout(p=attn_drop)
+        self.proj = dense(self.dim, self.dim)
+
+    def _window_attention(self, qkv, mask):
+        """qkv (B, H, W, 3C) -> attention output after proj, (B, H, W, C)."""
+        _, h, w, _ = qkv.shape
+        ws, nh, hd = self.window_size, self.num_heads, self.head_dim
+        n = ws * ws
+        win = window_partition(qkv, ws)  # (B*nW, N, 3C)
+        bw = win.shape[0]
+        win = ops.transpose(win.reshape(bw, n, 3, nh, hd), (2, 0, 3, 1, 4))  # (3, B*nW, nh, N, hd)
+        q, k, v = ops.unbind(win, 0)
+        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))  # (B*nW, nh, N, N)
+        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, nh)
+        attn = attn + ops.transpose(bias, (2, 0, 1)).expand_dims(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.view(bw // nw, nw, nh, n, n) + mask.view(1, nw, 1, n, n).astype(attn.dtype)
+            attn = attn.view(bw, nh, n, n)
+        attn = self.attn_drop(ops.softmax(attn, axis=-1))
+        out = ops.matmul(attn, v).swapaxes(1, 2).reshape(bw, n, self.dim)
+        return window_reverse(self.proj(out), ws, h, w)
+
+    def construct(self, x, mask=None):
+        return self.proj_drop(self._window_attention(self.qkv(x), mask))
+
+
+class WindowAttentionACmix(WindowAttention):
+    """Swin ACmix: window attention and a grouped-convolution path sharing one qkv projection.
+
+    Extra args:
+        kernel_conv: kernel of the convolution path (odd; the official code hard-codes 3).
+        paths: 'both' (default, summed with learnable rates), 'attention' or 'conv'.
+        learnable_shift: if False the grouped convolution keeps its shift kernels fixed.
+    """
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0,
+                 proj_drop=0.0, kernel_conv=3, paths='both', learnable_shift=True):
+        _check_odd('kernel_conv', kernel_conv)
+        if paths not in ACMIX_PATHS:
+            raise ValueError(f'paths must be one of {ACMIX_PATHS}, got {paths!r}')
+        self.use_att = paths in ('both', 'attention')
+        self.use_conv = paths in ('both', 'conv')
+        super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
+        self.kernel_conv = kernel_conv
+        if self.use_conv:
+            k2 = kernel_conv * kernel_conv
+            # Unlike the ResNet layer, the Swin fc has a bias; dep_conv has none (see acmix.py).
+            self.fc = nn.Conv2d(3 * num_heads, k2, 1, pad_mode='valid', has_bias=True)
+            self.dep_conv = nn.Conv2d(k2 * self.head_dim, dim, kernel_conv, pad_mode='pad',
+                                      padding=kernel_conv // 2, group=self.head_dim, has_bias=False,
+                                      weight_init=Tensor(shift_kernels(dim, kernel_conv)))
+            self.dep_conv.weight.requires_grad = learnable_shift
+        if self.use_att and self.use_conv:
+            self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
+            self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
+
+    def _init_attention(self, attn_drop):
+        if self.use_att:
+            super()._init_attention(attn_drop)
+
+    def _convolution(self, qkv):
+        """qkv (B, H, W, 3C) -> convolution path (B, H, W, C), on the whole map."""
+        b, h, w, _ = qkv.shape
+        nh, hd = self.num_heads, self.head_dim
+        k2 = self.kernel_conv * self.kernel_conv
+        f = ops.transpose(qkv.reshape(b, h * w, 3 * nh, hd), (0, 2, 1, 3))  # (B, 3nh, HW, hd)
+        f = self.fc(f)  # (B, k2, HW, hd)
+        f = ops.transpose(f, (0, 3, 1, 2)).reshape(b, hd * k2, h, w)  # channel = d * k2 + j
+        return ops.transpose(self.dep_conv(f), (0, 2, 3, 1))
+
+    def construct(self, x, mask=None):
+        qkv = self.qkv(x)
+        if self.use_att and self.use_conv:
+            out = self.rate1 * self._window_attention(qkv, mask) + self.rate2 * self._convolution(qkv)
+        elif self.use_att:
+            out = self._window_attention(qkv, mask)
+        else:
+            out = self._convolution(qkv)
+        return self.proj_drop(out)

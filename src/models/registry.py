@@ -1,0 +1,27 @@
+"""Model registry: `create_model(name, num_classes=1000, **overrides)` and `list_models()`."""
+import difflib
+
+_MODEL_FNS = {}
+
+
+def register_model(fn):
+    """Register a model factory under its function name."""
+    if fn.__name__ in _MODEL_FNS:
+        raise ValueError(f'model {fn.__name__!r} is registered twice')
+    _MODEL_FNS[fn.__name__] = fn
+    return fn
+
+
+def list_models():
+    """Names of all registered models, sorted."""
+    return sorted(_MODEL_FNS)
+
+
+def create_model(name, num_classes=1000, **overrides):
+    """Build a registered model. `overrides` are passed to the model's constructor
+    (e.g. img_size=448 for Swin, drop_path_rate=0.3, paths='attention')."""
+    if name not in _MODEL_FNS:
+        close = difflib.get_close_matches(name, list(_MODEL_FNS), n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
+    return _MODEL_FNS[name](num_classes=num_classes, **overrides)

@@ -1,0 +1,168 @@
+"""ResNet-26/38/50 with ACmix in place of the bottleneck's 3x3 convolution (the official
+ACmix ResNet, LeapLabTHU/ACmix ResNet/ResNet_ImageNet.py), and the plain baselines."""
+from functools import partial
+
+from mindspore import nn
+from mindspore.common.initializer import HeNormal, initializer
+
+from ..layers import LocalAttentionACmix
+from .registry import register_model
+
+
+def batch_norm(channels):
+    # momentum 0.9 here is torch's 0.1.
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9)
+
+
+def conv1x1(in_planes, out_planes, stride=1):
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, pad_mode='valid', has_bias=False)
+
+
+def conv3x3(in_planes, out_planes, stride=1, dilation=1):
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, pad_mode='pad', padding=dilation,
+                     dilation=dilation, has_bias=False)
+
+
+class Bottleneck(nn.Cell):
+    """ResNet v1.5 bottleneck (stride on the middle layer); `mixer(width, width, stride,
+    dilation)` builds that middle layer: ACmix or a 3x3 convolution."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, mixer, stride=1, dilation=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = batch_norm(planes)
+        self.conv2 = mixer(planes, planes, stride, dilation)
+        self.bn2 = batch_norm(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = batch_norm(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def construct(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Cell):
+    """Bottleneck ResNet with ACmix (acmix=True) or 3x3 convolutions.
+
+    Args:
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        num_classes: classifier outputs.
+        acmix: ACmix (kernel_att, head, kernel_conv, paths, learnable_shift) or plain 3x3 convs.
+        base_channels: width of the stem and first stage (64 in the paper); stages are 1/2/4/8x.
+        stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool) or 'small' (3x3/1 conv, no pool) for
+            32-64 px inputs.
+        replace_stride_with_dilation: per stage 2-4, trade the stride for dilation.
+    """
+
+    def __init__(self, layers, num_classes=1000, acmix=True, base_channels=64, stem='imagenet',
+                 kernel_att=7, head=4, kernel_conv=3, paths='both', learnable_shift=True,
+                 replace_stride_with_dilation=(False, False, False)):
+        super().__init__()
+        if stem not in ('imagenet', 'small'):
+            raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if len(replace_stride_with_dilation) != 3:
+            raise ValueError('replace_stride_with_dilation needs one flag for each of stages 2-4')
+        if acmix:
+            mixer = partial(_acmix_mixer, kernel_att=kernel_att, head=head, kernel_conv=kernel_conv,
+                            paths=paths, learnable_shift=learnable_shift)
+        else:
+            mixer = conv3x3
+        self.inplanes = base_channels
+        self.dilation = 1
+        if stem == 'imagenet':
+            self.conv1 = nn.Conv2d(3, base_channels, 7, stride=2, pad_mode='pad', padding=3, has_bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode='pad', padding=1)
+        else:
+            self.conv1 = conv3x3(3, base_channels)
+            self.maxpool = nn.Identity()
+        self.bn1 = batch_norm(base_channels)
+        self.relu = nn.ReLU()
+        strides = (1, 2, 2, 2)
+        dilate = (False,) + tuple(replace_stride_with_dilation)
+        for i, (blocks, stride) in enumerate(zip(layers, strides)):
+            stage = self._make_stage(mixer, base_channels * 2 ** i, blocks, stride, dilate[i])
+            setattr(self, f'layer{i + 1}', stage)
+        self.num_features = base_channels * 8 * Bottleneck.expansion
+        self.fc = nn.Dense(self.num_features, num_classes)
+        self._init_weights()
+
+    def _make_stage(self, mixer, planes, blocks, stride, dilate):
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.SequentialCell(conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
+                                           batch_norm(planes * Bottleneck.expansion))
+        cells = [Bottleneck(self.inplanes, planes, mixer, stride, previous_dilation, downsample)]
+        self.inplanes = planes * Bottleneck.expansion
+        cells += [Bottleneck(self.inplanes, planes, mixer, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.SequentialCell(cells)
+
+    def _init_weights(self):
+        # As the official ResNet: kaiming-normal (fan_out) over every convolution, which also
+        # overwrites ACmix's shift kernels, unless they are fixed shifts (then they are kept).
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Conv2d) and cell.weight.requires_grad:
+                cell.weight.set_data(initializer(HeNormal(mode='fan_out', nonlinearity='relu'),
+                                                 cell.weight.shape, cell.weight.dtype))
+
+    def construct(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _acmix_mixer(in_planes, out_planes, stride, dilation, **kwargs):
+    return LocalAttentionACmix(in_planes, out_planes, stride=stride, dilation=dilation, **kwargs)
+
+
+@register_model
+def acmix_resnet26(**kwargs):
+    return ResNet((1, 2, 4, 1), acmix=True, **kwargs)
+
+
+@register_model
+def acmix_resnet38(**kwargs):
+    return ResNet((2, 3, 5, 2), acmix=True, **kwargs)
+
+
+@register_model
+def acmix_resnet50(**kwargs):
+    return ResNet((3, 4, 6, 3), acmix=True, **kwargs)
+
+
+@register_model
+def resnet26(**kwargs):
+    return ResNet((1, 2, 4, 1), acmix=False, **kwargs)
+
+
+@register_model
+def resnet38(**kwargs):
+    return ResNet((2, 3, 5, 2), acmix=False, **kwargs)
+
+
+@register_model
+def resnet50(**kwargs):
+    return ResNet((3, 4, 6, 3), acmix=False, **kwargs)
+
+
+@register_model
+def acmix_resnet_mini(**kwargs):
+    """A 4-stage, one-block-per-stage, 16-channel ACmix ResNet for 32-64 px CPU demos and tests."""
+    kwargs = {'base_channels': 16, 'stem': 'small', **kwargs}
+    return ResNet((1, 1, 1, 1), acmix=True, **kwargs)
+
+
+@register_model
+def resnet_mini(**kwargs):
+    """The plain-convolution twin of acmix_resnet_mini."""
+    kwargs = {'base_channels': 16, 'stem': 'small', **kwargs}
+    return ResNet((1, 1, 1, 1), acmix=False, **kwargs)
