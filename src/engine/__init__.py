@@ -1,0 +1,1 @@
+"""Training-side machinery: checkpoints (and, later, the training loop and schedules)."""
