@@ -65,6 +65,7 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
                                       + describe_mismatch(missing, unexpected, mismatched))
     weights = {k: v for k, v in params.items() if k in own}
     not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
+    not_loaded = [k for k in not_loaded if k in own]
     if not_loaded:
         raise CheckpointMismatchError('parameters not loaded: ' + ', '.join(not_loaded))
     return net

@@ -1,0 +1,122 @@
+"""Registry, exact parameter counts, input-size rules, and a forward plus one training step of
+every registered model on small inputs."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from src.models import create_model, list_models
+from src.models.swin import stage_resolutions
+
+OFFICIAL_COUNTS = {
+    'acmix_resnet26': 10_487_816,
+    'acmix_resnet38': 14_410_896,
+    'acmix_resnet50': 18_333_976,
+    'acmix_swin_tiny': 28_649_908,
+    'acmix_swin_small': 50_345_080,
+    'swin_tiny': 28_288_354,
+    # plain baselines: torchvision-style ResNet-50, and Swin-S as in microsoft/Swin-Transformer
+    'resnet50': 25_557_032,
+    'swin_small': 49_606_258,
+}
+
+
+def n_trainable(net):
+    return sum(p.size for p in net.trainable_params())
+
+
+@pytest.mark.parametrize('arch', sorted(OFFICIAL_COUNTS))
+def test_parameter_counts(arch):
+    assert n_trainable(create_model(arch)) == OFFICIAL_COUNTS[arch]
+
+
+def test_acmix_adds_what_the_paper_says_to_swin_tiny():
+    # dep_conv 357,696 + fc 3,834 + rates 24
+    assert n_trainable(create_model('acmix_swin_tiny')) - n_trainable(create_model('swin_tiny')) == 361_554
+
+
+def test_registry():
+    names = list_models()
+    for n in ('acmix_resnet26', 'acmix_resnet38', 'acmix_resnet50', 'acmix_swin_tiny', 'acmix_swin_small',
+              'resnet26', 'resnet38', 'resnet50', 'swin_tiny', 'swin_small'):
+        assert n in names
+    with pytest.raises(ValueError, match='acmix_resnet50'):
+        create_model('acmix_resnet5')
+
+
+def test_fixed_shift_kernels_are_kept_and_frozen():
+    net = create_model('acmix_resnet_mini', learnable_shift=False)
+    w = net.layer1[0].conv2.dep_conv.weight
+    assert not w.requires_grad
+    assert np.allclose(w.asnumpy()[0, :, 1, 1], np.eye(9)[4])  # channel 4 is the centre tap
+
+
+def test_swin_sizes():
+    assert stage_resolutions(224, 4, 7, 4) == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert stage_resolutions(448, 4, 7, 4)[-1] == (14, 14)
+    with pytest.raises(ValueError, match=r'Sizes that work .*224, 448'):
+        stage_resolutions(256, 4, 7, 4)
+    assert stage_resolutions(256, 4, 8, 4)[0] == (64, 64)
+    with pytest.raises(ValueError, match='224'):
+        create_model('swin_tiny', img_size=200)
+
+
+# Small inputs: the full architectures, with the widths shrunk where the name allows it and the
+# input at the smallest size each one takes (ACmix ResNets need >= 4x4 maps in stage 4).
+SMALL = {
+    'acmix_resnet26': (dict(base_channels=8), 128),
+    'acmix_resnet38': (dict(base_channels=8), 128),
+    'acmix_resnet50': (dict(base_channels=8), 128),
+    'resnet26': (dict(base_channels=8), 64),
+    'resnet38': (dict(base_channels=8), 64),
+    'resnet50': (dict(base_channels=8), 64),
+    'acmix_resnet_mini': ({}, 32),
+    'resnet_mini': ({}, 32),
+    'acmix_swin_tiny': (dict(img_size=64, window_size=4, embed_dim=24), 64),
+    'acmix_swin_small': (dict(img_size=64, window_size=4, embed_dim=24), 64),
+    'swin_tiny': (dict(img_size=64, window_size=4, embed_dim=24), 64),
+    'swin_small': (dict(img_size=64, window_size=4, embed_dim=24), 64),
+    'acmix_swin_mini': ({}, 32),
+    'swin_mini': ({}, 32),
+}
+
+
+def test_every_registered_model_has_a_small_setting():
+    assert sorted(SMALL) == list_models()
+
+
+@pytest.mark.parametrize('arch', sorted(SMALL))
+def test_forward_and_training_step(arch):
+    overrides, size = SMALL[arch]
+    net = create_model(arch, num_classes=5, **overrides)
+    x = Tensor(np.random.randn(2, 3, size, size).astype(np.float32))
+    y = Tensor(np.array([1, 3], np.int32))
+    net.set_train(False)
+    out = net(x)
+    assert out.shape == (2, 5) and np.isfinite(out.asnumpy()).all()
+
+    net.set_train(True)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = nn.SGD(net.trainable_params(), learning_rate=0.01)
+
+    def forward(x, y):
+        return loss_fn(net(x), y)
+
+    grad_fn = ms.value_and_grad(forward, None, opt.parameters)
+
+    @ms.jit
+    def step(x, y):
+        loss, grads = grad_fn(x, y)
+        opt(grads)
+        return loss, grads
+
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    loss, grads = step(x, y)
+    assert np.isfinite(loss.asnumpy())
+    grads = {p.name: g.asnumpy() for p, g in zip(opt.parameters, grads)}
+    assert all(np.isfinite(g).all() for g in grads.values())
+    for name in grads:
+        if name.endswith(('rate1', 'rate2', 'dep_conv.weight', 'relative_position_bias_table')):
+            assert np.abs(grads[name]).sum() > 0, f'no gradient reaches {name}'
+    changed = [n for n, p in ((p.name, p) for p in net.trainable_params()) if not np.array_equal(before[n], p.asnumpy())]
+    assert len(changed) > 0.9 * len(before)
