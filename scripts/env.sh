@@ -1,0 +1,47 @@
+# Sourced by the scripts in this folder: picks the Python interpreter and sets the environment.
+#
+#   acmix_python           sets PY: $PYTHON if it already has mindspore (e.g. an Ascend server's),
+#                          else the project's .venv, created and filled from requirements.txt on
+#                          first use (and again whenever requirements.txt changes).
+#   acmix_optional PKG...  installs optional packages into the project's .venv only (never into a
+#                          $PYTHON you named); a failure is a warning, not an error.
+ACMIX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"   # else oneDNN convs are ~100x slower on AVX-512 CPUs
+export GLOG_v="${GLOG_v:-3}"                               # MindSpore's warning flood off
+ACMIX_OWN_VENV=0
+
+acmix_python() {
+    if [ -n "${PYTHON:-}" ] && "$PYTHON" -c "import mindspore" >/dev/null 2>&1; then
+        PY="$PYTHON"
+    else
+        local venv="$ACMIX_ROOT/.venv" stamp="$ACMIX_ROOT/.venv/.requirements-installed"
+        if [ ! -x "$venv/bin/python" ]; then
+            echo "[setup] creating $venv" >&2
+            "${PYTHON:-python3}" -m venv "$venv"
+        fi
+        if [ ! -f "$stamp" ] || ! cmp -s "$ACMIX_ROOT/requirements.txt" "$stamp"; then
+            echo "[setup] installing requirements.txt into $venv (first run: a few minutes)" >&2
+            "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$ACMIX_ROOT/requirements.txt"
+            cp "$ACMIX_ROOT/requirements.txt" "$stamp"
+        fi
+        PY="$venv/bin/python"
+        ACMIX_OWN_VENV=1
+    fi
+    # msrun starts workers with the bare `python`: the interpreter's folder must come first on PATH.
+    export PATH="$(dirname "$PY"):$PATH"
+    export PYTHONPATH="$ACMIX_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+acmix_optional() {
+    [ "$ACMIX_OWN_VENV" = 1 ] || return 0
+    local missing=()
+    for spec in "$@"; do
+        local module="${spec%%[=<>]*}"
+        [ "$module" = scikit-learn ] && module=sklearn
+        "$PY" -c "import $module" >/dev/null 2>&1 || missing+=("$spec")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "[setup] installing optional ${missing[*]}" >&2
+    "$PY" -m pip install -q --disable-pip-version-check "${missing[@]}" "numpy==1.26.4" \
+        || echo "[setup] warning: could not install ${missing[*]}; what needs it will be skipped" >&2
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (first run) and run the test suite on CPU in graph mode.
+#   bash scripts/run_tests.sh [pytest arguments]
+# PYTHON=/path/to/python uses that interpreter when it already has mindspore; otherwise .venv is
+# created. torch is installed into .venv for the parity tests against the official formulation
+# (set ACMIX_TEST_TORCH=0 to skip it; those tests are then reported as skipped).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+acmix_python
+if [ "${ACMIX_TEST_TORCH:-1}" = 1 ]; then
+    acmix_optional torch==2.13.0
+fi
+cd "$ACMIX_ROOT"
+exec "$PY" -m pytest tests -q -p no:cacheprovider "$@"
