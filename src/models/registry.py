@@ -2,14 +2,25 @@
 import difflib
 
 _MODEL_FNS = {}
+_SIZED_MODELS = set()
 
 
-def register_model(fn):
-    """Register a model factory under its function name."""
-    if fn.__name__ in _MODEL_FNS:
-        raise ValueError(f'model {fn.__name__!r} is registered twice')
-    _MODEL_FNS[fn.__name__] = fn
-    return fn
+def register_model(fn=None, *, sized=False):
+    """Register a model factory under its function name. `sized=True` marks models built for one
+    input size, whose factory takes `img_size` (Swin: masks and windows are fixed at build time)."""
+    def register(fn):
+        if fn.__name__ in _MODEL_FNS:
+            raise ValueError(f'model {fn.__name__!r} is registered twice')
+        _MODEL_FNS[fn.__name__] = fn
+        if sized:
+            _SIZED_MODELS.add(fn.__name__)
+        return fn
+    return register(fn) if fn is not None else register
+
+
+def size_overrides(name, image_size):
+    """The create_model overrides that make `name` take square inputs of `image_size`."""
+    return {'img_size': image_size} if name in _SIZED_MODELS else {}
 
 
 def list_models():

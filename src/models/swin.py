@@ -200,31 +200,31 @@ def _swin(settings, acmix, kwargs):
     return SwinTransformer(acmix=acmix, **{**settings, **kwargs})
 
 
-@register_model
+@register_model(sized=True)
 def acmix_swin_tiny(**kwargs):
     return _swin(_TINY, True, kwargs)
 
 
-@register_model
+@register_model(sized=True)
 def acmix_swin_small(**kwargs):
     return _swin(_SMALL, True, kwargs)
 
 
-@register_model
+@register_model(sized=True)
 def swin_tiny(**kwargs):
     return _swin(_TINY, False, kwargs)
 
 
-@register_model
+@register_model(sized=True)
 def swin_small(**kwargs):
     return _swin(_SMALL, False, kwargs)
 
 
-@register_model
+@register_model(sized=True)
 def acmix_swin_mini(**kwargs):
     return _swin(_MINI, True, kwargs)
 
 
-@register_model
+@register_model(sized=True)
 def swin_mini(**kwargs):
     return _swin(_MINI, False, kwargs)

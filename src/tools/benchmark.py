@@ -1,0 +1,131 @@
+"""Speed and peak memory of models in graph mode, each (arch, mode) in a fresh process.
+
+    python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
+        --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--json out.json]
+
+Each run builds the model, compiles and runs `--warmup` steps (the first one's time is reported
+as compile_s), then times `--steps` steps and reports the median. Peak memory is the process's
+maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
+between runs and machines; compare architectures side by side in one run.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+RESULT_TAG = 'BENCHMARK_RESULT '
+KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'step_s', 'images_per_s', 'peak_rss_gb')
+
+
+def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
+    """Measure one (arch, mode) in this process; returns a record with KEYS."""
+    import numpy as np
+    import src  # noqa: F401
+    import mindspore as ms
+    from mindspore import nn, Tensor
+    from src.engine.train_step import make_train_step
+    from src.models import create_model, size_overrides
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(device_target)
+    net = create_model(arch, num_classes=1000, **size_overrides(arch, image_size))
+    images = Tensor(np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
+    labels = Tensor(np.arange(batch_size, dtype=np.int32) % 1000)
+    if mode == 'infer':
+        net.set_train(False)
+
+        def step():
+            return net(images)
+    else:
+        net.set_train(True)
+        opt = nn.Momentum(net.trainable_params(), learning_rate=1e-3, momentum=0.9)
+        train_step = make_train_step(net, nn.CrossEntropyLoss(), opt)
+
+        def step():
+            return train_step(images, labels)
+
+    def timed():
+        start = time.perf_counter()
+        step().asnumpy()  # waits for the device
+        return time.perf_counter() - start
+
+    compile_s = timed()
+    for _ in range(max(0, warmup - 1)):
+        timed()
+    step_s = float(np.median([timed() for _ in range(steps)]))
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
+    return dict(arch=arch, mode=mode, batch_size=batch_size, image_size=image_size,
+                compile_s=round(compile_s, 3), step_s=round(step_s, 4),
+                images_per_s=round(batch_size / step_s, 3), peak_rss_gb=round(peak_rss_gb, 3))
+
+
+def run_isolated(arch, mode, args):
+    """Run one measurement in a fresh interpreter; returns its record or an error record."""
+    cmd = [sys.executable, '-m', 'src.tools.benchmark', '--worker', '--arch', arch, '--mode', mode,
+           '--batch_size', str(args.batch_size), '--image_size', str(args.image_size),
+           '--device_target', args.device_target, '--warmup', str(args.warmup), '--steps', str(args.steps)]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    reason = 'killed (out of memory?)' if proc.returncode in (-9, 137) else f'exit code {proc.returncode}'
+    return dict(arch=arch, mode=mode, batch_size=args.batch_size, image_size=args.image_size,
+                error=reason + ': ' + ' | '.join(tail))
+
+
+def format_table(records):
+    head = f'{"arch":<20} {"mode":<6} {"batch":>5} {"size":>5} {"compile_s":>10} {"step_s":>8} {"img/s":>8} {"peak_GB":>8}'
+    rows = [head, '-' * len(head)]
+    for r in records:
+        if 'error' in r:
+            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  FAILED: {r["error"]}')
+        else:
+            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5} '
+                        f'{r["compile_s"]:>10.1f} {r["step_s"]:>8.3f} {r["images_per_s"]:>8.2f} {r["peak_rss_gb"]:>8.2f}')
+    return '\n'.join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--arch', nargs='+', required=True)
+    parser.add_argument('--mode', nargs='+', default=['infer'], choices=['infer', 'train'])
+    parser.add_argument('--batch_size', type=int, default=8)
+    parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps, the first includes compilation')
+    parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
+    parser.add_argument('--json', default=None, help='write the records to this file')
+    parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error('--warmup and --steps must be at least 1')
+
+    if args.worker:
+        record = run_one(args.arch[0], args.mode[0], args.batch_size, args.image_size, args.device_target,
+                         args.warmup, args.steps)
+        print(RESULT_TAG + json.dumps(record), flush=True)
+        return 0
+
+    from src.models import list_models
+    unknown = [a for a in args.arch if a not in list_models()]
+    if unknown:
+        parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
+    records = []
+    for arch in args.arch:
+        for mode in args.mode:
+            print(f'[benchmark] {arch} {mode} batch {args.batch_size} at {args.image_size}px ...', file=sys.stderr, flush=True)
+            records.append(run_isolated(arch, mode, args))
+    print(format_table(records))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(records, f, indent=2)
+    return 1 if any('error' in r for r in records) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
