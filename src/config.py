@@ -1,0 +1,188 @@
+"""Configuration: one flat schema of known keys with defaults, yaml files that set some of them,
+command-line overrides (`--key value` or `key=value`). An unknown or mistyped key is an error that
+names it; values are checked against the type of their default and the allowed choices.
+
+A config is a plain `Config` (attribute access to a dict), passed to the code that needs it; no
+module reads configuration at import time.
+"""
+import argparse
+import difflib
+import os
+
+import yaml
+
+# key: (default, help). The type of the default is the key's type; None means "any / not set".
+SCHEMA = {
+    # model
+    'arch': ('acmix_resnet26', 'registered model name (see src.models.list_models())'),
+    'num_classes': (1000, 'classifier outputs'),
+    'image_size': (224, 'training and evaluation crop size'),
+    'drop_path_rate': (None, 'stochastic depth; null keeps the model default'),
+    'model_overrides': ({}, 'extra create_model keyword arguments, e.g. {window_size: 4}'),
+    # data
+    'data_dir': ('', 'folder with train/<class>/ and val/<class>/ image folders'),
+    'batch_size': (32, 'images per device and step'),
+    'eval_batch_size': (64, 'images per step in evaluation'),
+    'num_workers': (2, 'data-loading workers per device'),
+    'interpolation': ('bilinear', 'resize interpolation: bilinear | bicubic'),
+    'crop_pct': (0.875, 'eval: resize to image_size / crop_pct, then centre-crop image_size'),
+    'scale_min': (0.08, 'RandomResizedCrop minimum area fraction'),
+    'hflip': (0.5, 'horizontal flip probability'),
+    'rand_augment': (False, 'RandAugment (2 ops, magnitude rand_magnitude)'),
+    'rand_magnitude': (9, 'RandAugment magnitude (MindSpore applies it without noise)'),
+    'random_erasing': (0.0, 'RandomErasing probability'),
+    'mixup': (0.0, 'mixup alpha (0 = off)'),
+    'cutmix': (0.0, 'cutmix alpha (0 = off)'),
+    'mixup_switch_prob': (0.5, 'when both are on: probability of cutmix for a batch'),
+    'label_smoothing': (0.1, 'label smoothing'),
+    # optimisation
+    'optimizer': ('sgd', 'sgd (momentum) | adamw'),
+    'lr': (0.1, 'base learning rate for lr_base_batch images; scaled linearly with the global batch'),
+    'lr_base_batch': (256, 'global batch the base lr refers to'),
+    'momentum': (0.9, 'SGD momentum'),
+    'weight_decay': (1e-4, 'weight decay'),
+    'no_decay_1d': (False, 'no weight decay on biases, norms, rates (1-D) and relative-position tables'),
+    'epochs': (90, 'training epochs'),
+    'warmup_epochs': (5, 'linear warm-up epochs'),
+    'warmup_lr': (0.0, 'learning rate at the start of warm-up'),
+    'min_lr': (0.0, 'final learning rate of the cosine schedule'),
+    'clip_grad': (None, 'clip gradients to this global norm; null = off'),
+    # run
+    'device_target': ('CPU', 'CPU | GPU | Ascend'),
+    'mode': ('graph', 'graph | pynative (for debugging)'),
+    'amp_level': ('O0', 'O0 (fp32) | O1 | O2 | O3; O1-O3 use dynamic loss scaling'),
+    'seed': (1, 'random seed'),
+    'output_dir': ('outputs/run', 'checkpoints, logs, metrics and the resolved config go here'),
+    'log_interval': (20, 'log a line every N steps'),
+    'keep_checkpoint_max': (3, 'keep the last N epoch checkpoints (plus best.ckpt)'),
+    'eval_interval': (1, 'validate every N epochs (0 = only at the end)'),
+    'resume': ('', "checkpoint to resume from, or 'auto' for the last one in output_dir"),
+    'checkpoint': ('', 'eval/export: checkpoint to load (.ckpt, or an official .pth)'),
+}
+
+CHOICES = {
+    'interpolation': ('bilinear', 'bicubic'),
+    'optimizer': ('sgd', 'adamw'),
+    'device_target': ('CPU', 'GPU', 'Ascend'),
+    'mode': ('graph', 'pynative'),
+    'amp_level': ('O0', 'O1', 'O2', 'O3'),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+class Config(dict):
+    """A dict whose keys are also attributes."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError as err:
+            raise AttributeError(key) from err
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+def _unknown(key):
+    close = difflib.get_close_matches(key, list(SCHEMA), n=3)
+    return f"unknown config key '{key}'" + (f" (did you mean {', '.join(close)}?)" if close else '')
+
+
+def _coerce(key, value):
+    default = SCHEMA[key][0]
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, type(default)):
+        return value
+    raise ConfigError(f"config key '{key}' must be {type(default).__name__}, got {value!r}")
+
+
+def _validate(cfg):
+    for key, choices in CHOICES.items():
+        if cfg[key] not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {cfg[key]!r}")
+    for key in ('num_classes', 'image_size', 'batch_size', 'eval_batch_size', 'epochs', 'log_interval',
+                'keep_checkpoint_max', 'lr_base_batch'):
+        if cfg[key] < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {cfg[key]}")
+    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
+
+
+def parse_overrides(items):
+    """['--lr', '0.2', 'epochs=3', '--rand_augment=true'] -> {'lr': 0.2, 'epochs': 3, ...}; values are yaml."""
+    out, i = {}, 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith('--'):
+            item = item[2:]
+            if '=' not in item:
+                if i + 1 >= len(items):
+                    raise ConfigError(f'--{item} needs a value')
+                item = f'{item}={items[i + 1]}'
+                i += 1
+        if '=' not in item:
+            raise ConfigError(f"cannot read override '{item}': use --key value or key=value")
+        key, raw = item.split('=', 1)
+        out[key.replace('-', '_')] = yaml.safe_load(raw) if raw != '' else ''
+        i += 1
+    return out
+
+
+def load_config(path=None, overrides=None):
+    """Defaults <- yaml file <- overrides; returns a validated Config."""
+    values = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f'config file not found: {path}')
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f'{path}: expected a mapping of keys to values')
+        values.update(loaded)
+    values.update(overrides or {})
+    cfg = Config({k: v[0] for k, v in SCHEMA.items()})
+    for key, value in values.items():
+        if key not in SCHEMA:
+            raise ConfigError(_unknown(key) + (f' in {path}' if path and key not in (overrides or {}) else ''))
+        cfg[key] = _coerce(key, value)
+    _validate(cfg)
+    return cfg
+
+
+def save_config(cfg, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def argument_parser(description):
+    """`--config FILE` plus free `--key value` overrides (any schema key)."""
+    parser = argparse.ArgumentParser(
+        description=description, epilog='Any config key can be overridden: --key value or key=value. '
+        'Keys: ' + ', '.join(SCHEMA))
+    parser.add_argument('--config', default=None, help='yaml config file (see config/)')
+    return parser
+
+
+def config_from_args(description, argv=None):
+    parser = argument_parser(description)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return load_config(args.config, parse_overrides(rest))
+    except ConfigError as err:
+        parser.error(str(err))

@@ -1,0 +1,87 @@
+"""ImageNet-layout datasets (`<root>/train/<class>/*`, `<root>/val/<class>/*`) with mindspore.dataset."""
+import os
+
+import numpy as np
+import mindspore.dataset as ds
+from mindspore.dataset import vision
+from mindspore.dataset.vision import Inter
+
+from .mixup import MixupCutmix
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPEG', '.JPG', '.PNG', '.BMP')
+_INTER = {'bilinear': Inter.BILINEAR, 'bicubic': Inter.BICUBIC}
+
+
+class DataError(ValueError):
+    """The dataset folder is missing, empty or inconsistent."""
+
+
+def class_names(split_dir):
+    if not os.path.isdir(split_dir):
+        raise DataError(f'image folder not found: {split_dir} (expected <data_dir>/train/<class>/ and '
+                        f'<data_dir>/val/<class>/)')
+    names = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not names:
+        raise DataError(f'no class folders in {split_dir}')
+    return names
+
+
+def count_images(split_dir):
+    return sum(1 for _, _, files in os.walk(split_dir) for f in files if f.endswith(IMAGE_EXTENSIONS))
+
+
+def train_transforms(cfg):
+    inter = _INTER[cfg.interpolation]
+    ops = [vision.Decode(), vision.RandomResizedCrop(cfg.image_size, scale=(cfg.scale_min, 1.0), interpolation=inter)]
+    if cfg.hflip > 0:
+        ops.append(vision.RandomHorizontalFlip(cfg.hflip))
+    if cfg.rand_augment:
+        ops.append(vision.RandAugment(num_ops=2, magnitude=cfg.rand_magnitude))
+    ops += [vision.ToTensor(), vision.Normalize(IMAGENET_MEAN, IMAGENET_STD, is_hwc=False)]
+    if cfg.random_erasing > 0:
+        ops.append(vision.RandomErasing(prob=cfg.random_erasing))
+    return ops
+
+
+def eval_transforms(cfg):
+    resize = int(round(cfg.image_size / cfg.crop_pct))
+    return [vision.Decode(), vision.Resize(resize, interpolation=_INTER[cfg.interpolation]),
+            vision.CenterCrop(cfg.image_size), vision.ToTensor(),
+            vision.Normalize(IMAGENET_MEAN, IMAGENET_STD, is_hwc=False)]
+
+
+def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=None):
+    """Batched dataset of (images float32 NCHW, labels).
+
+    split 'train': shuffled, sharded by rank, augmented, full batches only, labels are mixed /
+    smoothed soft targets (N, num_classes). split 'val': every sample in order (the last batch may
+    be partial), int32 labels.
+    """
+    split_dir = os.path.join(cfg.data_dir, split)
+    names = class_names(split_dir)
+    if class_indexing is None:
+        class_indexing = {n: i for i, n in enumerate(names)}
+    if len(class_indexing) > cfg.num_classes:
+        raise DataError(f'{split_dir} has {len(class_indexing)} classes but num_classes is {cfg.num_classes}')
+    training = split == 'train'
+    if seed is not None:
+        ds.config.set_seed(seed)
+    data = ds.ImageFolderDataset(split_dir, shuffle=training, num_parallel_workers=cfg.num_workers,
+                                 class_indexing=class_indexing, extensions=list(IMAGE_EXTENSIONS),
+                                 num_shards=group_size if training and group_size > 1 else None,
+                                 shard_id=rank if training and group_size > 1 else None)
+    transforms = train_transforms(cfg) if training else eval_transforms(cfg)
+    data = data.map(transforms, input_columns='image', num_parallel_workers=cfg.num_workers)
+    if training:
+        mix = MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_switch_prob, cfg.label_smoothing,
+                          seed=None if seed is None else seed + 7919 * rank)
+
+        def per_batch(images, labels, _info):
+            return mix(np.stack(images), np.stack(labels))
+
+        return data.batch(cfg.batch_size, drop_remainder=True, input_columns=['image', 'label'],
+                          per_batch_map=per_batch)
+    data = data.map(lambda y: np.int32(y), input_columns='label')
+    return data.batch(cfg.eval_batch_size, drop_remainder=False)

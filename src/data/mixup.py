@@ -1,0 +1,55 @@
+"""Mixup / CutMix with label smoothing, as a per-batch map on NumPy arrays (timm's semantics:
+one lambda per batch, the batch mixed with its reverse, cutmix lambda corrected to the box area)."""
+import numpy as np
+
+
+def smooth_one_hot(labels, num_classes, smoothing):
+    off = smoothing / num_classes
+    out = np.full((len(labels), num_classes), off, np.float32)
+    out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
+    return out
+
+
+class MixupCutmix:
+    """Callable(images NCHW float32, labels int) -> (images, soft targets float32 (N, classes)).
+
+    mixup_alpha / cutmix_alpha: Beta parameters (0 = off). With both on, cutmix is chosen with
+    probability switch_prob per batch. Targets are label-smoothed one-hots, mixed with the same
+    lambda. With both alphas 0 it only builds the smoothed targets.
+    """
+
+    def __init__(self, num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, smoothing=0.1, seed=None):
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.switch_prob, self.smoothing = switch_prob, smoothing
+        self.rng = np.random.default_rng(seed)
+
+    def _cutmix_box(self, h, w, lam):
+        ratio = np.sqrt(1.0 - lam)
+        ch, cw = int(h * ratio), int(w * ratio)
+        cy, cx = self.rng.integers(h), self.rng.integers(w)
+        y0, y1 = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
+        x0, x1 = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
+        return y0, y1, x0, x1
+
+    def __call__(self, images, labels):
+        images = np.asarray(images, np.float32)
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        targets = smooth_one_hot(labels, self.num_classes, self.smoothing)
+        use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
+        if not (use_mixup or use_cutmix):
+            return images, targets
+        cut = use_cutmix and (not use_mixup or self.rng.random() < self.switch_prob)
+        lam = float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha) if cut
+                    else self.rng.beta(self.mixup_alpha, self.mixup_alpha))
+        flipped = images[::-1]
+        if cut:
+            h, w = images.shape[2], images.shape[3]
+            y0, y1, x0, x1 = self._cutmix_box(h, w, lam)
+            images = images.copy()
+            images[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+        else:
+            images = lam * images + (1.0 - lam) * flipped
+        targets = lam * targets + (1.0 - lam) * targets[::-1]
+        return images.astype(np.float32), targets.astype(np.float32)
