@@ -50,6 +50,8 @@ SCHEMA = {
     # run
     'device_target': ('CPU', 'CPU | GPU | Ascend'),
     'mode': ('graph', 'graph | pynative (for debugging)'),
+    'data_parallel': (True, 'under msrun/rank table: average gradients over ranks (false: ranks train '
+                            'independently on their shards; a debugging control)'),
     'amp_level': ('O0', 'O0 (fp32) | O1 | O2 | O3; O1-O3 use dynamic loss scaling'),
     'seed': (1, 'random seed'),
     'output_dir': ('outputs/run', 'checkpoints, logs, metrics and the resolved config go here'),
@@ -58,6 +60,11 @@ SCHEMA = {
     'eval_interval': (1, 'validate every N epochs (0 = only at the end)'),
     'resume': ('', "checkpoint to resume from, or 'auto' for the last one in output_dir"),
     'checkpoint': ('', 'eval/export: checkpoint to load (.ckpt, or an official .pth)'),
+    # export
+    'file_name': ('', 'export: output path without suffix (default: output_dir/<arch>)'),
+    'file_format': ('MINDIR', 'export: MINDIR | ONNX | AIR (AIR needs Ascend)'),
+    'export_batch_size': (1, 'export: batch size of the exported graph'),
+    'dynamic_batch': (False, 'export: MINDIR with a dynamic batch dimension'),
 }
 
 CHOICES = {
@@ -66,6 +73,7 @@ CHOICES = {
     'device_target': ('CPU', 'GPU', 'Ascend'),
     'mode': ('graph', 'pynative'),
     'amp_level': ('O0', 'O1', 'O2', 'O3'),
+    'file_format': ('MINDIR', 'ONNX', 'AIR'),
 }
 
 
@@ -114,7 +122,7 @@ def _validate(cfg):
         if cfg[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {cfg[key]!r}")
     for key in ('num_classes', 'image_size', 'batch_size', 'eval_batch_size', 'epochs', 'log_interval',
-                'keep_checkpoint_max', 'lr_base_batch'):
+                'keep_checkpoint_max', 'lr_base_batch', 'export_batch_size'):
         if cfg[key] < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {cfg[key]}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:

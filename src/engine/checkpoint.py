@@ -53,6 +53,8 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
         params = ms.load_checkpoint(path_or_dict)
     else:
         params = dict(path_or_dict)
+    # Optimizer state and metadata of training checkpoints are not the network's.
+    params = {k: v for k, v in params.items() if not k.startswith((OPTIMIZER_PREFIX, META_PREFIX))}
     skip = tuple(skip_prefixes)
     params = {k: v for k, v in params.items() if not (skip and k.startswith(skip))}
     own = {p.name: p for p in net.get_parameters() if not (skip and p.name.startswith(skip))}
@@ -70,3 +72,54 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
         raise CheckpointMismatchError('parameters not loaded: ' + ', '.join(not_loaded))
     return net
 
+
+
+OPTIMIZER_PREFIX = 'optimizer.'
+META_PREFIX = 'meta.'
+
+
+def optimizer_state(net, optimizer):
+    """The optimizer's own parameters (moments, step, lr table), not the network's."""
+    own = {p.name for p in net.get_parameters()}
+    return [p for p in optimizer.get_parameters() if p.name not in own]
+
+
+def save_training_checkpoint(path, net, optimizer=None, meta=None):
+    """Network weights, optionally the optimizer state (prefixed 'optimizer.') and scalar
+    metadata (prefixed 'meta.'), in one atomically written file. The weights load into a network
+    alone (eval, export), the rest is for resuming."""
+    items = [{'name': p.name, 'data': p} for p in net.get_parameters()]
+    if optimizer is not None:
+        items += [{'name': OPTIMIZER_PREFIX + p.name, 'data': p} for p in optimizer_state(net, optimizer)]
+    append = {META_PREFIX + k: v for k, v in (meta or {}).items()}
+    return save_checkpoint_atomic(items, path, append_dict=append or None)
+
+
+def split_training_checkpoint(params):
+    """{name: Parameter} -> (weights, optimizer state with the prefix removed, meta as Python scalars)."""
+    weights, opt_state, meta = {}, {}, {}
+    for name, value in params.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            opt_state[name[len(OPTIMIZER_PREFIX):]] = value
+        elif name.startswith(META_PREFIX):
+            arr = value.asnumpy()
+            meta[name[len(META_PREFIX):]] = arr.item() if arr.size == 1 else arr
+        else:
+            weights[name] = value
+    return weights, opt_state, meta
+
+
+def load_training_checkpoint(path, net, optimizer=None):
+    """Restore weights (strictly) and, if given, the optimizer state; returns the meta dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    weights, opt_state, meta = split_training_checkpoint(ms.load_checkpoint(path))
+    load_checkpoint_strict(net, weights)
+    if optimizer is not None:
+        expected = {p.name for p in optimizer_state(net, optimizer)}
+        missing = sorted(expected - set(opt_state))
+        if missing:
+            raise CheckpointMismatchError(f'{path} has no optimizer state for: {", ".join(missing[:10])}; '
+                                          'it cannot be resumed (it can still be evaluated)')
+        ms.load_param_into_net(optimizer, {k: v for k, v in opt_state.items() if k in expected}, strict_load=True)
+    return meta

@@ -1,0 +1,37 @@
+"""Evaluate a checkpoint on the validation folder: top-1, top-5 and loss over every image.
+
+    python eval.py --config config/acmix_swin_tiny.yaml --data_dir /data/imagenet --checkpoint X.ckpt
+
+`--checkpoint` may also be an official PyTorch .pth, converted on the fly (needs torch).
+"""
+import json
+import os
+import sys
+
+import src  # noqa: F401
+from src.config import config_from_args
+from src.data.imagefolder import build_dataset
+from src.engine.checkpoint import load_checkpoint_strict
+from src.engine.context import setup_context
+from src.engine.evaluate import evaluate
+from src.engine.trainer import build_model
+from src.tools.pth2ckpt import ConversionError
+from src.tools.weights import load_weights
+
+
+def main(argv=None):
+    cfg = config_from_args(__doc__.split('\n\n')[0], argv)
+    setup_context(cfg.device_target, cfg.mode, distributed=False)
+    if not cfg.checkpoint:
+        raise SystemExit('error: --checkpoint is required')
+    try:
+        net = load_weights(build_model(cfg), cfg.checkpoint)
+    except ConversionError as err:
+        raise SystemExit(f'error: {err}') from err
+    result = evaluate(net, build_dataset(cfg, 'val'), log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({'checkpoint': os.path.basename(cfg.checkpoint), **result}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The demo, on a CPU: set-up (first run), then
+#   1. write scikit-learn's bundled 1,797 handwritten digits as PNGs in the ImageNet folder layout,
+#   2. train a small ACmix ResNet (acmix_resnet_mini) in graph mode,
+#   3. evaluate the best checkpoint on the held-out val split,
+#   4. export a MINDIR, reload it and classify a few val images.
+#   bash scripts/run_demo.sh [--key value ...]      (overrides for config/demo_cpu.yaml)
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+acmix_python
+acmix_optional scikit-learn
+cd "$ACMIX_ROOT"
+start=$(date +%s)
+CONFIG=config/demo_cpu.yaml
+OUT=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).output_dir)" "$CONFIG" "$@")
+DATA=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).data_dir)" "$CONFIG" "$@")
+
+echo "== 1/4 dataset"
+"$PY" -m src.data.digits --out "$DATA"
+echo "== 2/4 training (graph mode, CPU)"
+rm -rf "$OUT/checkpoints"
+"$PY" train.py --config "$CONFIG" "$@"
+echo "== 3/4 evaluation of $OUT/checkpoints/best.ckpt"
+"$PY" eval.py --config "$CONFIG" --checkpoint "$OUT/checkpoints/best.ckpt" "$@"
+echo "== 4/4 MINDIR export, reload and prediction"
+"$PY" export.py --config "$CONFIG" --checkpoint "$OUT/checkpoints/best.ckpt" --file_name "$OUT/acmix_resnet_mini" "$@"
+"$PY" -m src.tools.predict --config "$CONFIG" --mindir "$OUT/acmix_resnet_mini.mindir" --topk 3 \
+    $(for d in 0 3 5 8; do ls "$DATA/val/$d"/*.png | head -2; done) "$@"
+echo "demo finished in $(( $(date +%s) - start ))s"

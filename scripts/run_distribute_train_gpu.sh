@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Data-parallel training on GPUs with msrun.
+#   bash scripts/run_distribute_train_gpu.sh CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]
+# DEVICE_NUM defaults to 8. Logs: <output_dir>/msrun_log/. Not run on GPUs by the authors (no device here);
+# the same launcher is tested on CPU (tests/test_engine_distributed.py).
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "Usage: bash $0 CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]" >&2
+    exit 1
+fi
+source "$(dirname "$0")/env.sh"
+acmix_python
+CONFIG=$(realpath "$1"); DATA=$(realpath "$2"); shift 2
+DEVICE_NUM=8
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
+OUT=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).output_dir)" "$CONFIG" "$@")
+cd "$ACMIX_ROOT"
+exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
+    --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \
+    train.py --config "$CONFIG" --data_dir "$DATA" --device_target "${DEVICE_TARGET:-GPU}" "$@"

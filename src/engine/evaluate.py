@@ -1,0 +1,33 @@
+"""Top-1, top-5 and loss over every sample of a dataset."""
+import time
+
+import numpy as np
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def evaluate(net, dataset, log=None):
+    """Runs `net` in eval mode over `dataset` (images, int labels), keeping every sample
+    (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}."""
+    net.set_train(False)
+    correct1 = correct5 = 0
+    loss_sum, count = 0.0, 0
+    start = time.time()
+    num_batches = dataset.get_dataset_size()
+    for i, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
+        logits = net(images).asnumpy().astype(np.float64)
+        labels = labels.asnumpy().astype(np.int64).reshape(-1)
+        k = min(5, logits.shape[1])
+        top = np.argsort(-logits, axis=1)[:, :k]
+        correct1 += int((top[:, 0] == labels).sum())
+        correct5 += int((top == labels[:, None]).any(1).sum())
+        loss_sum += float(-log_softmax(logits)[np.arange(len(labels)), labels].sum())
+        count += len(labels)
+        if log is not None and (i % 50 == 0 or i == num_batches):
+            log(f'eval {i}/{num_batches} batches, {count} images, {time.time() - start:.0f}s')
+    if count == 0:
+        raise ValueError('the evaluation dataset is empty')
+    return {'top1': correct1 / count, 'top5': correct5 / count, 'loss': loss_sum / count, 'count': count}

@@ -1,0 +1,198 @@
+"""The training loop: model, data, optimizer and schedule from a config; per-epoch checkpoints
+(keep-last-N plus best by validation top-1), resume, validation, logs and per-epoch metrics."""
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..data.imagefolder import build_dataset, class_names
+from ..models import create_model, size_overrides
+from .checkpoint import load_training_checkpoint, save_training_checkpoint
+from .evaluate import evaluate
+from .optim import build_optimizer, scaled_lr, warmup_cosine_lr
+from .train_step import make_train_step
+
+EPOCH_CKPT = re.compile(r'epoch_(\d+)\.ckpt$')
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss is not finite)."""
+
+
+def get_logger(output_dir, rank):
+    """Rank 0 logs to stdout and output_dir/train.log; other ranks only log warnings."""
+    logger = logging.getLogger(f'acmix.rank{rank}')
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, 'train.log')))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+def build_model(cfg):
+    overrides = dict(cfg.model_overrides)
+    overrides.update(size_overrides(cfg.arch, cfg.image_size))
+    if cfg.drop_path_rate is not None:
+        overrides['drop_path_rate'] = cfg.drop_path_rate
+    return create_model(cfg.arch, num_classes=cfg.num_classes, **overrides)
+
+
+def epoch_checkpoints(ckpt_dir):
+    """[(epoch, path)] sorted by epoch."""
+    found = []
+    for path in glob.glob(os.path.join(ckpt_dir, 'epoch_*.ckpt')):
+        m = EPOCH_CKPT.search(path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+class SoftTargetCrossEntropy(nn.Cell):
+    """Cross-entropy with probability targets (label-smoothed, mixed), computed in fp32."""
+
+    def construct(self, logits, targets):
+        return (-targets * ops.log_softmax(logits.astype(ms.float32), axis=-1)).sum(-1).mean()
+
+
+def _write_json(path, obj):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def train(cfg, rank=0, group_size=1):
+    """Train as configured; returns the list of per-epoch metric records."""
+    log = get_logger(cfg.output_dir, rank)
+    ckpt_dir = os.path.join(cfg.output_dir, 'checkpoints')
+    ms.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    train_classes = class_names(os.path.join(cfg.data_dir, 'train'))
+    val_dir = os.path.join(cfg.data_dir, 'val')
+    has_val = os.path.isdir(val_dir)
+    class_indexing = {n: i for i, n in enumerate(train_classes)}
+    if has_val:
+        val_classes = class_names(val_dir)
+        if val_classes != train_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise ValueError(f'train and val have different class folders: only in train {only_train[:10]}, '
+                             f'only in val {only_val[:10]}')
+
+    def train_data(epoch):
+        # A fresh pipeline per epoch, seeded by the epoch: a resumed run sees the same data order
+        # and augmentations as an uninterrupted one.
+        return build_dataset(cfg, 'train', rank, group_size, seed=cfg.seed + epoch, class_indexing=class_indexing)
+
+    steps_per_epoch = train_data(0).get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ValueError(f'fewer training images per device than batch_size ({cfg.batch_size}) in {cfg.data_dir}/train')
+    global_batch = cfg.batch_size * group_size
+    peak_lr = scaled_lr(cfg.lr, global_batch, cfg.lr_base_batch)
+    lrs = warmup_cosine_lr(peak_lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr)
+
+    net = build_model(cfg)
+    n_params = sum(p.size for p in net.trainable_params())
+    optimizer = build_optimizer(net, cfg.optimizer, lrs, cfg.weight_decay, cfg.momentum, cfg.no_decay_1d)
+    loss_scaler = None
+    if cfg.amp_level != 'O0':
+        net = ms.amp.auto_mixed_precision(net, cfg.amp_level)
+        loss_scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
+    grad_reducer = None
+    if group_size > 1 and cfg.data_parallel:
+        grad_reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)
+    step_fn = make_train_step(net, SoftTargetCrossEntropy(), optimizer, loss_scaler, cfg.clip_grad, grad_reducer)
+
+    start_epoch, best_top1, history = 0, -1.0, []
+    metrics_path = os.path.join(cfg.output_dir, 'metrics.json')
+    resume = cfg.resume
+    if resume == 'auto':
+        found = epoch_checkpoints(ckpt_dir)
+        resume = found[-1][1] if found else ''
+        if not found:
+            log.info('resume=auto: no checkpoint in %s, starting from scratch', ckpt_dir)
+    if resume:
+        meta = load_training_checkpoint(resume, net, optimizer)
+        start_epoch = int(meta.get('epoch', 0))
+        best_top1 = float(meta.get('best_top1', -1.0))
+        if os.path.isfile(metrics_path):
+            with open(metrics_path) as f:
+                history = [r for r in json.load(f) if r['epoch'] <= start_epoch]
+        log.info('resumed from %s: %d epochs done, continuing at epoch %d, lr %.6g', resume, start_epoch,
+                 start_epoch + 1, float(lrs[min(start_epoch * steps_per_epoch, len(lrs) - 1)]))
+
+    log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
+             cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
+             cfg.amp_level)
+    last_good = resume or None
+    total_steps = cfg.epochs * steps_per_epoch
+    run_start, run_steps = time.time(), 0
+    for epoch in range(start_epoch, cfg.epochs):
+        net.set_train(True)
+        epoch_start, losses = time.time(), []
+        data = train_data(epoch)
+        for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), 1):
+            loss = float(step_fn(images, targets).asnumpy())
+            global_step = epoch * steps_per_epoch + i
+            if not math.isfinite(loss) and loss_scaler is None:
+                raise TrainingError(f'loss is {loss} at epoch {epoch + 1}, step {i} (global step {global_step}); '
+                                    f'last good checkpoint: {last_good or "none"}. Lower the lr or enable clip_grad.')
+            losses.append(loss)
+            run_steps += 1
+            if i % cfg.log_interval == 0 or i == steps_per_epoch:
+                elapsed = time.time() - run_start
+                rate = run_steps * global_batch / elapsed
+                eta = (total_steps - global_step) * elapsed / run_steps
+                log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
+                         steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]), rate,
+                         time.strftime('%H:%M:%S', time.gmtime(eta)))
+        record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(lrs[global_step - 1]),
+                  'epoch_time_s': round(time.time() - epoch_start, 2)}
+        is_last = epoch + 1 == cfg.epochs
+        if has_val and ((cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0) or is_last):
+            val = evaluate(net, build_dataset(cfg, 'val', class_indexing=class_indexing))
+            record.update(val_top1=val['top1'], val_top5=val['top5'], val_loss=val['loss'])
+            log.info('epoch %d val top-1 %.4f top-5 %.4f loss %.4f (%d images)', epoch + 1, val['top1'],
+                     val['top5'], val['loss'], val['count'])
+        history.append(record)
+        if rank == 0:
+            meta = {'epoch': epoch + 1, 'best_top1': max(best_top1, record.get('val_top1', -1.0))}
+            path = save_training_checkpoint(os.path.join(ckpt_dir, f'epoch_{epoch + 1:03d}.ckpt'), net, optimizer, meta)
+            last_good = path
+            if record.get('val_top1', -1.0) > best_top1:
+                best_top1 = record['val_top1']
+                save_training_checkpoint(os.path.join(ckpt_dir, 'best.ckpt'), net, None, meta)
+                log.info('new best top-1 %.4f -> %s', best_top1, os.path.join(ckpt_dir, 'best.ckpt'))
+            for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
+                os.remove(old)
+            _write_json(metrics_path, history)
+    # Every rank reports it: with data parallelism all ranks must end with the same weights.
+    print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}', flush=True)
+    return history
+
+
+def weights_fingerprint(net):
+    """A hash of all parameter values, to compare weights across ranks or runs."""
+    digest = hashlib.sha256()
+    for p in net.get_parameters():
+        digest.update(p.name.encode())
+        digest.update(p.asnumpy().astype(np.float32).tobytes())
+    return digest.hexdigest()[:16]
+

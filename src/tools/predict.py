@@ -1,0 +1,87 @@
+"""Classify images with a checkpoint or an exported MINDIR; prints the top-5 classes.
+
+    python -m src.tools.predict --config config/demo_cpu.yaml --checkpoint best.ckpt img1.png img2.png
+    python -m src.tools.predict --config config/demo_cpu.yaml --mindir model.mindir data/digits/val/3/*.png
+
+Class names come from the config's data_dir/train folder when it exists, else indices are shown.
+When an image sits in a folder named after a class, its true label is printed too.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+import src  # noqa: F401
+import mindspore as ms
+from mindspore import nn, Tensor
+
+from src.config import ConfigError, load_config, parse_overrides
+from src.data.imagefolder import DataError, class_names, eval_transforms
+from src.engine.context import setup_context
+
+
+def preprocess(cfg, path):
+    """One image file -> (3, H, W) float32, as the evaluation pipeline prepares it."""
+    with open(path, 'rb') as f:
+        img = np.frombuffer(f.read(), np.uint8)
+    for op in eval_transforms(cfg):
+        img = op(img)
+    return np.asarray(img, np.float32)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def load_predictor(cfg, checkpoint=None, mindir=None):
+    if mindir:
+        return nn.GraphCell(ms.load(mindir))
+    from src.engine.trainer import build_model
+    from src.tools.weights import load_weights
+    net = load_weights(build_model(cfg), checkpoint)
+    net.set_train(False)
+    return net
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', help='.ckpt (or official .pth)')
+    source.add_argument('--mindir', help='exported .mindir')
+    parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument('images', nargs='+')
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(rest))
+    except ConfigError as err:
+        parser.error(str(err))
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        parser.error(f'image file(s) not found: {", ".join(missing)}')
+    setup_context(cfg.device_target, cfg.mode, distributed=False)
+    try:
+        names = class_names(os.path.join(cfg.data_dir, 'train'))
+    except DataError:
+        names = [str(i) for i in range(cfg.num_classes)]
+    predictor = load_predictor(cfg, args.checkpoint, args.mindir)
+    correct = 0
+    for path in args.images:
+        logits = predictor(Tensor(preprocess(cfg, path)[None])).asnumpy()[0]
+        probs = softmax(logits.astype(np.float64))
+        top = np.argsort(-probs)[:args.topk]
+        label = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
+        truth = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        shown = ', '.join(f'{label(i)} {probs[i]:.3f}' for i in top)
+        if truth in names:
+            correct += label(top[0]) == truth
+            print(f'{path}: true {truth}, predicted {label(top[0])}  [top-{args.topk}: {shown}]')
+        else:
+            print(f'{path}: predicted {label(top[0])}  [top-{args.topk}: {shown}]')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
