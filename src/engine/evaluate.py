@@ -2,6 +2,7 @@
 import time
 
 import numpy as np
+from mindspore import ops
 
 
 def log_softmax(logits):
@@ -11,14 +12,24 @@ def log_softmax(logits):
 
 def evaluate(net, dataset, log=None):
     """Runs `net` in eval mode over `dataset` (images, int labels), keeping every sample
-    (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}."""
+    (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}.
+
+    A smaller last batch is padded to the first batch's size and the padding is dropped from the
+    outputs, so graph mode compiles one shape only.
+    """
     net.set_train(False)
     correct1 = correct5 = 0
     loss_sum, count = 0.0, 0
     start = time.time()
     num_batches = dataset.get_dataset_size()
+    batch_size = None
     for i, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
-        logits = net(images).asnumpy().astype(np.float64)
+        n = images.shape[0]
+        batch_size = batch_size or n
+        if n < batch_size:
+            pad = ops.tile(images[:1], (batch_size - n, 1, 1, 1))
+            images = ops.cat((images, pad), 0)
+        logits = net(images).asnumpy()[:n].astype(np.float64)
         labels = labels.asnumpy().astype(np.int64).reshape(-1)
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1)[:, :k]

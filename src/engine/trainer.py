@@ -183,15 +183,16 @@ def train(cfg, rank=0, group_size=1):
             for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
                 os.remove(old)
             _write_json(metrics_path, history)
-    # Every rank reports it: with data parallelism all ranks must end with the same weights.
+    # Every rank reports it: with data parallelism all ranks must end with the same trainable weights.
     print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}', flush=True)
     return history
 
 
 def weights_fingerprint(net):
-    """A hash of all parameter values, to compare weights across ranks or runs."""
+    """A hash of the trainable parameters, to compare weights across ranks or runs. BatchNorm
+    running statistics are left out: each rank measures them on its own shard."""
     digest = hashlib.sha256()
-    for p in net.get_parameters():
+    for p in net.trainable_params():
         digest.update(p.name.encode())
         digest.update(p.asnumpy().astype(np.float32).tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,81 @@
+"""The training loop on a tiny ImageFolder: the loss falls, resume continues where it stopped,
+evaluation counts every sample, checkpoints hold what they claim."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor
+
+from conftest import tiny_config
+from src.data.imagefolder import build_dataset
+from src.engine.checkpoint import load_training_checkpoint
+from src.engine.evaluate import evaluate
+from src.engine.optim import warmup_cosine_lr
+from src.engine.trainer import build_model, train
+
+
+def test_warmup_cosine_schedule():
+    lrs = warmup_cosine_lr(1.0, steps_per_epoch=10, epochs=5, warmup_epochs=1, warmup_lr=0.0, min_lr=0.1)
+    assert len(lrs) == 50 and lrs[0] == 0.0 and np.isclose(lrs[10], 1.0)
+    assert np.all(np.diff(lrs[:11]) > 0) and np.all(np.diff(lrs[10:]) < 0) and lrs[-1] >= 0.1
+
+
+def test_training_lowers_the_loss_and_writes_outputs(tiny_imagefolder, tmp_path):
+    cfg = tiny_config(tiny_imagefolder, tmp_path, epochs=4, eval_interval=2, keep_checkpoint_max=2)
+    history = train(cfg)
+    assert [r['epoch'] for r in history] == [1, 2, 3, 4]
+    assert history[-1]['train_loss'] < history[0]['train_loss']
+    assert 'val_top1' in history[1] and 'val_top1' not in history[0] and 'val_top1' in history[3]
+    ckpts = sorted(os.listdir(tmp_path / 'checkpoints'))
+    assert ckpts == ['best.ckpt', 'epoch_003.ckpt', 'epoch_004.ckpt']  # keep-last-2 plus best
+    assert json.loads((tmp_path / 'metrics.json').read_text()) == history
+    assert 'epoch 4/4 step 3/3 loss' in (tmp_path / 'train.log').read_text()
+
+
+def test_resume_continues_at_saved_epoch_and_lr(tiny_imagefolder, tmp_path):
+    full_dir, resumed_dir = tmp_path / 'full', tmp_path / 'resumed'
+    full = train(tiny_config(tiny_imagefolder, full_dir, epochs=3, eval_interval=0))
+    # A run that stopped after epoch 1: its checkpoint and metrics, nothing else.
+    os.makedirs(resumed_dir / 'checkpoints')
+    shutil.copy(full_dir / 'checkpoints' / 'epoch_001.ckpt', resumed_dir / 'checkpoints')
+    (resumed_dir / 'metrics.json').write_text(json.dumps(full[:1]))
+    resumed = train(tiny_config(tiny_imagefolder, resumed_dir, epochs=3, eval_interval=0, resume='auto'))
+    assert [r['epoch'] for r in resumed] == [1, 2, 3]
+    for a, b in zip(full[1:], resumed[1:]):
+        assert a['lr'] == b['lr']
+        np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
+
+    net = build_model(tiny_config(tiny_imagefolder, tmp_path))
+    meta = load_training_checkpoint(str(full_dir / 'checkpoints' / 'epoch_002.ckpt'), net)
+    assert meta['epoch'] == 2
+
+
+def test_evaluate_counts_every_sample(tiny_imagefolder, tmp_path):
+    cfg = tiny_config(tiny_imagefolder, tmp_path, eval_batch_size=5)  # 12 val images: 5 + 5 + 2
+    net = build_model(cfg)
+    net.set_train(False)
+    got = evaluate(net, build_dataset(cfg, 'val'))
+    # Hand count over the same images in one batch.
+    whole = build_dataset(tiny_config(tiny_imagefolder, tmp_path, eval_batch_size=12), 'val')
+    images, labels = next(whole.create_tuple_iterator(num_epochs=1))
+    logits, labels = net(images).asnumpy(), labels.asnumpy()
+    top1 = np.mean(logits.argmax(1) == labels)
+    top2 = np.argsort(-logits, 1)[:, :2]
+    assert got['count'] == 12
+    assert got['top1'] == pytest.approx(top1)
+    assert got['top5'] == 1.0  # 3 classes: the top 3 always holds the label
+    shifted = logits - logits.max(1, keepdims=True)
+    loss = np.mean(np.log(np.exp(shifted).sum(1)) - shifted[np.arange(12), labels])
+    assert got['loss'] == pytest.approx(loss, rel=1e-4)
+    assert top2.shape == (12, 2)
+
+
+def test_train_and_val_class_mismatch_is_an_error(tmp_path):
+    from conftest import write_tiny_imagefolder
+    root = write_tiny_imagefolder(str(tmp_path / 'data'))
+    os.rename(os.path.join(root, 'val', 'class_2'), os.path.join(root, 'val', 'class_x'))
+    with pytest.raises(ValueError, match=r"only in train \['class_2'\], only in val \['class_x'\]"):
+        train(tiny_config(root, tmp_path / 'out'))

@@ -1,0 +1,50 @@
+"""MINDIR export round trip through export.py, and the predict tool on the exported graph."""
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+import export as export_script
+from conftest import tiny_config
+from src.engine.checkpoint import save_training_checkpoint
+from src.engine.trainer import build_model
+
+
+@pytest.mark.parametrize('arch,dynamic', [('acmix_resnet_mini', False), ('resnet_mini', True)])
+def test_mindir_round_trip(tiny_imagefolder, tmp_path, capsys, arch, dynamic):
+    cfg = tiny_config(tiny_imagefolder, tmp_path, arch=arch)
+    net = build_model(cfg)
+    ckpt = str(tmp_path / 'w.ckpt')
+    save_training_checkpoint(ckpt, net)
+    args = ['--arch', arch, '--num_classes', '3', '--image_size', '32', '--checkpoint', ckpt,
+            '--file_name', str(tmp_path / 'model'), '--dynamic_batch', str(dynamic).lower(), '--export_batch_size', '2']
+    assert export_script.main(args) == 0
+    out = capsys.readouterr().out
+    assert os.path.isfile(tmp_path / 'model.mindir')
+    diff = float(out.split('on a batch of 2: ')[1].split()[0])
+    assert diff <= 1e-5
+    # The graph holds the checkpoint's weights: its output equals the Cell's on another input.
+    net.set_train(False)
+    graph = ms.nn.GraphCell(ms.load(str(tmp_path / 'model.mindir')))
+    x = ms.Tensor(np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    np.testing.assert_allclose(graph(x).asnumpy(), net(x).asnumpy(), atol=1e-5)
+
+
+def test_predict_on_mindir(tiny_imagefolder, tmp_path, capsys):
+    from src.tools import predict
+    cfg_args = ['--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--crop_pct', '1.0',
+                '--data_dir', tiny_imagefolder]
+    ckpt = str(tmp_path / 'w.ckpt')
+    save_training_checkpoint(ckpt, build_model(tiny_config(tiny_imagefolder, tmp_path)))
+    assert export_script.main(cfg_args + ['--checkpoint', ckpt, '--file_name', str(tmp_path / 'm')]) == 0
+    image = os.path.join(tiny_imagefolder, 'val', 'class_1', '0.png')
+    cfg_file = tmp_path / 'c.yaml'
+    cfg_file.write_text('arch: resnet_mini\nnum_classes: 3\nimage_size: 32\ncrop_pct: 1.0\n'
+                        f'data_dir: {tiny_imagefolder}\n')
+    capsys.readouterr()
+    assert predict.main(['--config', str(cfg_file), '--mindir', str(tmp_path / 'm.mindir'), '--topk', '3', image]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f'{image}: true class_1, predicted class_')
+    probs = [float(t.split()[1]) for t in line.split('[top-3: ')[1].rstrip(']').split(', ')]
+    assert len(probs) == 3 and abs(sum(probs) - 1) < 1e-3 and probs == sorted(probs, reverse=True)
