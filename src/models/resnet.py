@@ -2,7 +2,7 @@
 ACmix ResNet, LeapLabTHU/ACmix ResNet/ResNet_ImageNet.py), and the plain baselines."""
 from functools import partial
 
-from mindspore import nn
+from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
 from ..layers import LocalAttentionACmix
@@ -21,6 +21,20 @@ def conv1x1(in_planes, out_planes, stride=1):
 def conv3x3(in_planes, out_planes, stride=1, dilation=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, pad_mode='pad', padding=dilation,
                      dilation=dilation, has_bias=False)
+
+
+class StemMaxPool(nn.Cell):
+    """torch's MaxPool2d(3, stride=2, padding=1) after the stem ReLU. Its input is >= 0, so zero
+    padding equals torch's -inf padding; written as pad + 'valid' pooling because MindSpore's padded
+    MaxPool2d becomes MaxPool3DWithArgmax, which the ONNX exporter does not support."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = ops.Pad(((0, 0), (0, 0), (1, 1), (1, 1)))
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode='valid')
+
+    def construct(self, x):
+        return self.pool(self.pad(x))
 
 
 class Bottleneck(nn.Cell):
@@ -77,7 +91,7 @@ class ResNet(nn.Cell):
         self.dilation = 1
         if stem == 'imagenet':
             self.conv1 = nn.Conv2d(3, base_channels, 7, stride=2, pad_mode='pad', padding=3, has_bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode='pad', padding=1)
+            self.maxpool = StemMaxPool()
         else:
             self.conv1 = conv3x3(3, base_channels)
             self.maxpool = nn.Identity()
