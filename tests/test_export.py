@@ -48,3 +48,20 @@ def test_predict_on_mindir(tiny_imagefolder, tmp_path, capsys):
     assert line.startswith(f'{image}: true class_1, predicted class_')
     probs = [float(t.split()[1]) for t in line.split('[top-3: ')[1].rstrip(']').split(', ')]
     assert len(probs) == 3 and abs(sum(probs) - 1) < 1e-3 and probs == sorted(probs, reverse=True)
+
+
+def test_eval_script_on_an_official_pth(tiny_imagefolder, tmp_path, capsys):
+    """eval.py takes an official-format .pth (converted in memory) and reports on every val image."""
+    torch = pytest.importorskip('torch')
+    import json
+    import eval as eval_script
+    import torch_reference as tref
+    tmodel = tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
+                       num_heads=(1, 2, 4, 8), window_size=4)
+    pth = str(tmp_path / 'acmix_swin_mini.pth')
+    torch.save({'model': tmodel.state_dict()}, pth)
+    assert eval_script.main(['--arch', 'acmix_swin_mini', '--num_classes', '3', '--image_size', '32',
+                             '--crop_pct', '1.0', '--data_dir', tiny_imagefolder, '--checkpoint', pth,
+                             '--eval_batch_size', '5']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['count'] == 12 and 0.0 <= result['top1'] <= 1.0 and result['top5'] == 1.0
