@@ -11,8 +11,8 @@ this layer does better, and behaves identically everywhere else:
 * the positional grid is built in the input's dtype, so fp16 (mixed precision) runs.
 
 The attention is computed without materialising a (B*heads, head_dim, 49, H, W) tensor: keys and
-values are unfolded one kernel row at a time (7 neighbours instead of 49), which keeps the
-forward's transient memory at 7x the size of k.
+values are unfolded one kernel row at a time (7 neighbours instead of 49), in sequence, so the
+forward's transient memory stays near 7x the size of k.
 """
 import numpy as np
 import mindspore as ms
@@ -124,30 +124,46 @@ class LocalAttentionACmix(nn.Cell):
         b, _, h, w = q.shape
         bh, hd, s, ka = b * self.head, self.head_dim, self.stride, self.kernel_att
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
+        length = h_out * w_out
         if min(h, w) <= self.padding_att:
             raise ValueError('LocalAttentionACmix: reflection padding needs feature maps larger '
                              'than the padding of the attention window; the input is too small '
                              'for this layer.')
-        pe = self._position_encoding(h, w, q.dtype)
+        # On CPU, MindSpore's broadcasting element-wise ops and ReduceSum are several times slower
+        # than equal-shape ops and matmuls: operands are tiled to equal shapes and the sums over
+        # head_dim and over a kernel row are matmuls with a ones vector.
+        dtype = q.dtype
+        sum_over_hd = ops.ones((1, hd), dtype)
+        copy_over_hd = ops.ones((hd, 1), dtype)
+        sum_over_row = ops.ones((1, ka), dtype)
+        pe = ops.tile(self._position_encoding(h, w, dtype), (bh, 1, 1, 1))
         # Head-major split: channel c belongs to head c // head_dim.
         q_att = q.view(bh, hd, h, w) * self.scaling
         if s > 1:
             q_att = q_att[:, :, ::s, ::s]
-        q_att = q_att.reshape(bh, hd, 1, h_out * w_out)
+        q_att = ops.tile(q_att.reshape(bh, hd, 1, length), (1, 1, ka, 1))  # (bh, hd, ka, L)
         # The official logit is q . (k_nbr + pe_centre - pe_nbr). The q . pe_centre term is the
         # same for all window positions, so it cancels in the softmax and is left out; reflection
         # padding is linear, so pad(k) - pad(pe) == pad(k - pe).
         k_pad = self.pad_att(k.view(bh, hd, h, w) - pe)
-        v_pad = self.pad_att(v.view(bh, hd, h, w))
-        logits = ()
+        # ops.depend chains each kernel row after the previous one, so only one row of unfolded
+        # keys (or values) is alive at a time instead of all of them at once.
+        logits, prev = (), q_att
         for ki in range(ka):
-            logits += ((q_att * self._window_row(k_pad, ki, h_out, w_out)).sum(1),)
-        att = ops.softmax(ops.cat(logits, 1), axis=1)  # (bh, ka*ka, h_out*w_out), j = ki*ka + kj
-        out = None
+            k_row = self._window_row(ops.depend(k_pad, prev), ki, h_out, w_out)  # (bh, hd, ka, L)
+            prev = ops.matmul(sum_over_hd, (q_att * k_row).view(bh, hd, ka * length))  # (bh, 1, ka*L)
+            logits += (prev.view(bh, ka, length),)
+        att = ops.softmax(ops.cat(logits, 1), axis=1)  # (bh, ka*ka, L), j = ki*ka + kj
+        v_pad = self.pad_att(ops.depend(v, att).view(bh, hd, h, w))
+        out, prev = None, att
         for ki in range(ka):
-            att_row = att[:, ki * ka:(ki + 1) * ka].expand_dims(1)  # (bh, 1, ka, L)
-            term = (self._window_row(v_pad, ki, h_out, w_out) * att_row).sum(2)
+            att_row = ops.depend(att, prev)[:, ki * ka:(ki + 1) * ka].reshape(bh, 1, ka * length)
+            att_row = ops.matmul(copy_over_hd, att_row)  # (bh, hd, ka*L)
+            v_row = self._window_row(ops.depend(v_pad, prev), ki, h_out, w_out)
+            weighted = (v_row.view(bh, hd, ka * length) * att_row).view(bh * hd, ka, length)
+            term = ops.matmul(sum_over_row, weighted)  # (bh*hd, 1, L)
             out = term if out is None else out + term
+            prev = out
         return out.view(b, self.out_planes, h_out, w_out)
 
     def _convolution(self, q, k, v):
