@@ -45,3 +45,10 @@ acmix_optional() {
     "$PY" -m pip install -q --disable-pip-version-check "${missing[@]}" "numpy==1.26.4" \
         || echo "[setup] warning: could not install ${missing[*]}; what needs it will be skipped" >&2
 }
+
+# acmix_config_value KEY CONFIG_PATH [overrides...]: the resolved value of a config key.
+acmix_config_value() {
+    local key=$1; shift
+    "$PY" -c "import sys; from src.config import load_config, parse_overrides; \
+print(load_config(sys.argv[2], parse_overrides(sys.argv[3:]))[sys.argv[1]])" "$key" "$@"
+}

@@ -12,8 +12,8 @@ acmix_optional scikit-learn
 cd "$ACMIX_ROOT"
 start=$(date +%s)
 CONFIG=config/demo_cpu.yaml
-OUT=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).output_dir)" "$CONFIG" "$@")
-DATA=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).data_dir)" "$CONFIG" "$@")
+OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
+DATA=$(acmix_config_value data_dir "$CONFIG" "$@")
 
 echo "== 1/4 dataset"
 "$PY" -m src.data.digits --out "$DATA"

@@ -14,8 +14,8 @@ acmix_python
 MODE=$1; CONFIG=$(realpath "$2"); DATA=$(realpath "$3"); shift 3
 DEVICE_NUM=8
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
-OUT=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).output_dir)" "$CONFIG" "$@")
 cd "$ACMIX_ROOT"
+OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
 if [ "$MODE" = msrun ]; then
     exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
         --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \

@@ -13,8 +13,8 @@ acmix_python
 CONFIG=$(realpath "$1"); DATA=$(realpath "$2"); shift 2
 DEVICE_NUM=8
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
-OUT=$("$PY" -c "import sys; from src.config import load_config, parse_overrides; print(load_config(sys.argv[1], parse_overrides(sys.argv[2:])).output_dir)" "$CONFIG" "$@")
 cd "$ACMIX_ROOT"
+OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
 exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
     --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \
     train.py --config "$CONFIG" --data_dir "$DATA" --device_target "${DEVICE_TARGET:-GPU}" "$@"
