@@ -4,6 +4,11 @@ import tempfile
 
 import mindspore as ms
 
+# Training checkpoints keep the optimizer state and scalar metadata beside the weights, under these
+# prefixes, so that the same file loads into a bare network for evaluation and export.
+OPTIMIZER_PREFIX = 'optimizer.'
+META_PREFIX = 'meta.'
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the network it is loaded into."""
@@ -72,10 +77,6 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
         raise CheckpointMismatchError('parameters not loaded: ' + ', '.join(not_loaded))
     return net
 
-
-
-OPTIMIZER_PREFIX = 'optimizer.'
-META_PREFIX = 'meta.'
 
 
 def optimizer_state(net, optimizer):
