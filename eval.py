@@ -10,12 +10,12 @@ import sys
 
 import src  # noqa: F401
 from src.config import config_from_args
+from src.tools.cli import run_main
 from src.data.imagefolder import build_dataset
 from src.engine.checkpoint import load_checkpoint_strict
 from src.engine.context import setup_context
 from src.engine.evaluate import evaluate
 from src.engine.trainer import build_model
-from src.tools.pth2ckpt import ConversionError
 from src.tools.weights import load_weights
 
 
@@ -24,14 +24,11 @@ def main(argv=None):
     setup_context(cfg.device_target, cfg.mode, distributed=False)
     if not cfg.checkpoint:
         raise SystemExit('error: --checkpoint is required')
-    try:
-        net = load_weights(build_model(cfg), cfg.checkpoint)
-    except ConversionError as err:
-        raise SystemExit(f'error: {err}') from err
+    net = load_weights(build_model(cfg), cfg.checkpoint)
     result = evaluate(net, build_dataset(cfg, 'val'), log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps({'checkpoint': os.path.basename(cfg.checkpoint), **result}))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -17,9 +17,9 @@ import mindspore as ms
 from mindspore import nn, Tensor
 
 from src.config import config_from_args
+from src.tools.cli import run_main
 from src.engine.context import setup_context
 from src.engine.trainer import build_model
-from src.tools.pth2ckpt import ConversionError
 from src.tools.weights import load_weights
 
 SUFFIX = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -56,10 +56,7 @@ def main(argv=None):
         raise SystemExit('error: AIR export needs --device_target Ascend')
     net = build_model(cfg)
     if cfg.checkpoint:
-        try:
-            load_weights(net, cfg.checkpoint)
-        except ConversionError as err:
-            raise SystemExit(f'error: {err}') from err
+        load_weights(net, cfg.checkpoint)
     else:
         print('warning: no --checkpoint given, exporting the randomly initialised model', file=sys.stderr)
     net.set_train(False)
@@ -77,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -10,6 +10,7 @@ import sys
 
 import src  # noqa: F401  (environment defaults before MindSpore loads)
 from src.config import config_from_args, save_config
+from src.tools.cli import run_main
 from src.engine.context import setup_context
 from src.engine.trainer import train
 
@@ -17,9 +18,8 @@ from src.engine.trainer import train
 def main(argv=None):
     cfg = config_from_args(__doc__.split('\n\n')[0], argv)
     rank, group_size = setup_context(cfg.device_target, cfg.mode, data_parallel=cfg.data_parallel)
-    if rank == 0:
-        save_config(cfg, os.path.join(cfg.output_dir, 'config.yaml'))
-    history = train(cfg, rank, group_size)
+    history = train(cfg, rank, group_size,
+                    on_start=lambda: save_config(cfg, os.path.join(cfg.output_dir, 'config.yaml')))
     if rank == 0 and history:
         last = history[-1]
         print(f"done: {len(history)} epochs, last train loss {last['train_loss']:.4f}"
@@ -28,4 +28,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -10,7 +10,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from conftest import tiny_config
-from src.data.imagefolder import build_dataset
+from src.data.imagefolder import DataError, build_dataset
 from src.engine.checkpoint import load_training_checkpoint
 from src.engine.evaluate import evaluate
 from src.engine.optim import warmup_cosine_lr
@@ -77,5 +77,5 @@ def test_train_and_val_class_mismatch_is_an_error(tmp_path):
     from conftest import write_tiny_imagefolder
     root = write_tiny_imagefolder(str(tmp_path / 'data'))
     os.rename(os.path.join(root, 'val', 'class_2'), os.path.join(root, 'val', 'class_x'))
-    with pytest.raises(ValueError, match=r"only in train \['class_2'\], only in val \['class_x'\]"):
+    with pytest.raises(DataError, match=r"only in train \['class_2'\], only in val \['class_x'\]"):
         train(tiny_config(root, tmp_path / 'out'))

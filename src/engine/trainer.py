@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..data.imagefolder import build_dataset, class_names
+from ..data.imagefolder import DataError, build_dataset, class_names
 from ..models import create_model, size_overrides
 from .checkpoint import load_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
@@ -28,21 +28,27 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss is not finite)."""
 
 
-def get_logger(output_dir, rank):
-    """Rank 0 logs to stdout and output_dir/train.log; other ranks only log warnings."""
+LOG_FORMAT = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
+
+
+def get_logger(rank):
+    """Rank 0 logs to stdout (and, once training starts, to output_dir/train.log); other ranks
+    only log warnings."""
     logger = logging.getLogger(f'acmix.rank{rank}')
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
-    handlers = [logging.StreamHandler(sys.stdout)]
-    if rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, 'train.log')))
-    for h in handlers:
-        h.setFormatter(fmt)
-        logger.addHandler(h)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(LOG_FORMAT)
+    logger.addHandler(handler)
     return logger
+
+
+def log_to_file(logger, output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
+    handler.setFormatter(LOG_FORMAT)
+    logger.addHandler(handler)
 
 
 def build_model(cfg):
@@ -77,9 +83,11 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def train(cfg, rank=0, group_size=1):
-    """Train as configured; returns the list of per-epoch metric records."""
-    log = get_logger(cfg.output_dir, rank)
+def train(cfg, rank=0, group_size=1, on_start=None):
+    """Train as configured; returns the list of per-epoch metric records. on_start() is called
+    once the data, model and checkpoint to resume from have been checked, before the first step
+    (train.py saves the resolved config there, so a bad input leaves nothing behind)."""
+    log = get_logger(rank)
     ckpt_dir = os.path.join(cfg.output_dir, 'checkpoints')
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -93,7 +101,7 @@ def train(cfg, rank=0, group_size=1):
         if val_classes != train_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
-            raise ValueError(f'train and val have different class folders: only in train {only_train[:10]}, '
+            raise DataError(f'train and val have different class folders: only in train {only_train[:10]}, '
                              f'only in val {only_val[:10]}')
 
     def train_data(epoch):
@@ -103,7 +111,7 @@ def train(cfg, rank=0, group_size=1):
 
     steps_per_epoch = train_data(0).get_dataset_size()
     if steps_per_epoch == 0:
-        raise ValueError(f'fewer training images per device than batch_size ({cfg.batch_size}) in {cfg.data_dir}/train')
+        raise DataError(f'fewer training images per device than batch_size ({cfg.batch_size}) in {cfg.data_dir}/train')
     global_batch = cfg.batch_size * group_size
     peak_lr = scaled_lr(cfg.lr, global_batch, cfg.lr_base_batch)
     lrs = warmup_cosine_lr(peak_lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr)
@@ -135,9 +143,14 @@ def train(cfg, rank=0, group_size=1):
         if os.path.isfile(metrics_path):
             with open(metrics_path) as f:
                 history = [r for r in json.load(f) if r['epoch'] <= start_epoch]
+
+    if rank == 0:
+        log_to_file(log, cfg.output_dir)
+        if on_start is not None:
+            on_start()
+    if resume:
         log.info('resumed from %s: %d epochs done, continuing at epoch %d, lr %.6g', resume, start_epoch,
                  start_epoch + 1, float(lrs[min(start_epoch * steps_per_epoch, len(lrs) - 1)]))
-
     log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
              cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
              cfg.amp_level)

@@ -2,6 +2,11 @@
 import difflib
 
 _MODEL_FNS = {}
+
+
+class UnknownModelError(ValueError):
+    """No model is registered under that name."""
+
 _SIZED_MODELS = set()
 
 
@@ -34,5 +39,5 @@ def create_model(name, num_classes=1000, **overrides):
     if name not in _MODEL_FNS:
         close = difflib.get_close_matches(name, list(_MODEL_FNS), n=3)
         hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise ValueError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
+        raise UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
     return _MODEL_FNS[name](num_classes=num_classes, **overrides)

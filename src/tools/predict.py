@@ -84,4 +84,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from src.tools.cli import run_main
+    sys.exit(run_main(main))
