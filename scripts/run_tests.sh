@@ -10,5 +10,6 @@ acmix_python
 if [ "${ACMIX_TEST_TORCH:-1}" = 1 ]; then
     acmix_optional torch==2.13.0
 fi
+acmix_optional matplotlib
 cd "$ACMIX_ROOT"
 exec "$PY" -m pytest tests -q -p no:cacheprovider "$@"
