@@ -12,7 +12,6 @@ import src  # noqa: F401
 from src.config import config_from_args
 from src.tools.cli import run_main
 from src.data.imagefolder import build_dataset
-from src.engine.checkpoint import load_checkpoint_strict
 from src.engine.context import setup_context
 from src.engine.evaluate import evaluate
 from src.engine.trainer import build_model

@@ -6,8 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import mindspore as ms
-from mindspore import Tensor
 
 from conftest import tiny_config
 from src.data.imagefolder import DataError, build_dataset

@@ -3,7 +3,7 @@ every registered model on small inputs."""
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
 from src.models import create_model, list_models
 from src.models.swin import stage_resolutions

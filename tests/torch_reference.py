@@ -9,7 +9,6 @@ Nothing here is used outside the tests.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------- ResNet ACmix
