@@ -15,6 +15,11 @@ from src.engine.optim import warmup_cosine_lr
 from src.engine.trainer import build_model, train
 
 
+def test_eta_format():
+    from src.engine.trainer import format_duration
+    assert format_duration(3725) == '1:02:05' and format_duration(2 * 86400 + 3 * 3600 + 4 * 60 + 5) == '2d 03:04:05'
+
+
 def test_warmup_cosine_schedule():
     lrs = warmup_cosine_lr(1.0, steps_per_epoch=10, epochs=5, warmup_epochs=1, warmup_lr=0.0, min_lr=0.1)
     assert len(lrs) == 50 and lrs[0] == 0.0 and np.isclose(lrs[10], 1.0)

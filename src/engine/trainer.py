@@ -175,7 +175,7 @@ def train(cfg, rank=0, group_size=1, on_start=None):
                 eta = (total_steps - global_step) * elapsed / run_steps
                 log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
                          steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]), rate,
-                         time.strftime('%H:%M:%S', time.gmtime(eta)))
+                         format_duration(eta))
         record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(lrs[global_step - 1]),
                   'epoch_time_s': round(time.time() - epoch_start, 2)}
         is_last = epoch + 1 == cfg.epochs
@@ -199,6 +199,14 @@ def train(cfg, rank=0, group_size=1, on_start=None):
     # Every rank reports it: with data parallelism all ranks must end with the same trainable weights.
     print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}', flush=True)
     return history
+
+
+def format_duration(seconds):
+    """3725 -> '1:02:05'; past a day '2d 03:04:05'."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hms = f'{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}'
+    return f'{days}d {rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}' if days else hms
 
 
 def weights_fingerprint(net):
