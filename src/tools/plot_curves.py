@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from src.tools.plots import pyplot
+from src.tools.plots import pyplot, save_figure
 
 
 def plot_curves(history, out_path, title=None):
@@ -33,10 +33,7 @@ def plot_curves(history, out_path, title=None):
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc='center right')
     ax.set_title(title or 'training curves')
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def main(argv=None):

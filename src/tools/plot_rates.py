@@ -14,7 +14,7 @@ import numpy as np
 import src  # noqa: F401
 import mindspore as ms
 
-from src.tools.plots import pyplot
+from src.tools.plots import pyplot, save_figure
 
 
 def read_rates(ckpt_path):
@@ -42,10 +42,7 @@ def plot_rates(rates, out_path, title=None):
     ax.axhline(0.5, color='grey', lw=0.5, ls=':')
     ax.legend()
     ax.set_title(title or 'ACmix path rates by depth')
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def main(argv=None):

@@ -10,3 +10,12 @@ def pyplot():
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(fig, out_path, dpi=120):
+    """Lay out, write and close a figure; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
