@@ -129,9 +129,11 @@ class LocalAttentionACmix(nn.Cell):
             raise ValueError('LocalAttentionACmix: reflection padding needs feature maps larger '
                              'than the padding of the attention window; the input is too small '
                              'for this layer.')
-        # On CPU, MindSpore's broadcasting element-wise ops and ReduceSum are several times slower
-        # than equal-shape ops and matmuls: operands are tiled to equal shapes and the sums over
-        # head_dim and over a kernel row are matmuls with a ones vector.
+        # On CPU, a MindSpore Mul/Add/Sub whose operands differ in shape keeps index tables of
+        # 16 bytes per output element for the life of the compiled graph (outside the memory pool,
+        # so never reused), and it and ReduceSum are several times slower than equal-shape ops and
+        # matmuls. So operands are tiled to equal shapes, and the sums over head_dim and over a
+        # kernel row are matmuls with a ones vector.
         dtype = q.dtype
         sum_over_hd = ops.ones((1, hd), dtype)
         copy_over_hd = ops.ones((hd, 1), dtype)
