@@ -57,7 +57,7 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
 
     split 'train': shuffled, sharded by rank, augmented, full batches only, labels are mixed /
     smoothed soft targets (N, num_classes). split 'val': every sample in order (the last batch may
-    be partial), int32 labels.
+    be partial), int32 labels (as ImageFolderDataset yields them).
     """
     split_dir = os.path.join(cfg.data_dir, split)
     names = class_names(split_dir)
@@ -83,5 +83,4 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
 
         return data.batch(cfg.batch_size, drop_remainder=True, input_columns=['image', 'label'],
                           per_batch_map=per_batch)
-    data = data.map(lambda y: np.int32(y), input_columns='label')
     return data.batch(cfg.eval_batch_size, drop_remainder=False)
