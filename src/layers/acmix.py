@@ -101,6 +101,11 @@ class LocalAttentionACmix(nn.Cell):
             self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
             self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
 
+    @property
+    def min_input_size(self):
+        """Smallest feature-map side this layer takes: reflection padding must be smaller than the map."""
+        return self.padding_att + 1 if self.use_att else 1
+
     def _position_encoding(self, h, w, dtype):
         # (1, 2, h, w): channel 0 varies along the width (x), channel 1 along the height (y).
         loc_w = ops.tile(ops.linspace(-1.0, 1.0, w).view(1, 1, 1, w), (1, 1, h, 1))

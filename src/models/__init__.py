@@ -1,3 +1,3 @@
 """Model zoo: `create_model(name, num_classes=1000, **overrides)`, `list_models()`."""
 from . import resnet, swin  # noqa: F401  (registers the models)
-from .registry import UnknownModelError, create_model, list_models, register_model, size_overrides
+from .registry import InputSizeError, UnknownModelError, create_model, list_models, register_model, size_overrides

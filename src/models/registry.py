@@ -7,6 +7,10 @@ _MODEL_FNS = {}
 class UnknownModelError(ValueError):
     """No model is registered under that name."""
 
+
+class InputSizeError(ValueError):
+    """The model cannot take inputs of this size; the message names sizes that work."""
+
 _SIZED_MODELS = set()
 
 

@@ -6,7 +6,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
 from ..layers import LocalAttentionACmix
-from .registry import register_model
+from .registry import InputSizeError, register_model
 
 
 def batch_norm(channels):
@@ -52,6 +52,8 @@ class Bottleneck(nn.Cell):
         self.bn3 = batch_norm(planes * self.expansion)
         self.relu = nn.ReLU()
         self.downsample = downsample
+        self.stride = stride
+        self.min_input_size = getattr(self.conv2, 'min_input_size', 1)
 
     def construct(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -73,6 +75,7 @@ class ResNet(nn.Cell):
             32-64 px inputs.
         replace_stride_with_dilation: per stage 2-4, trade the stride for dilation.
     """
+    classifier_name = 'fc'  # parameters left out when fine-tuning with a new head
 
     def __init__(self, layers, num_classes=1000, acmix=True, base_channels=64, stem='imagenet',
                  kernel_att=7, head=4, kernel_conv=3, paths='both', learnable_shift=True,
@@ -87,6 +90,7 @@ class ResNet(nn.Cell):
                             paths=paths, learnable_shift=learnable_shift)
         else:
             mixer = conv3x3
+        self.stem = stem
         self.inplanes = base_channels
         self.dilation = 1
         if stem == 'imagenet':
@@ -127,6 +131,26 @@ class ResNet(nn.Cell):
             if isinstance(cell, nn.Conv2d) and cell.weight.requires_grad:
                 cell.weight.set_data(initializer(HeNormal(mode='fan_out', nonlinearity='relu'),
                                                  cell.weight.shape, cell.weight.dtype))
+
+    def _fits(self, size):
+        """Whether every block gets a feature map at least as large as it needs."""
+        if self.stem == 'imagenet':
+            size = -(-size // 4)  # the 7x7/2 conv and the 3x3/2 pool each give ceil(n / 2)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage.cell_list:
+                if size < block.min_input_size:
+                    return False
+                size = -(-size // block.stride)
+        return True
+
+    def check_input_size(self, size):
+        """Raise InputSizeError, naming the smallest size that works, if square inputs of `size`
+        pixels are too small (ACmix's reflection padding needs every map larger than the padding)."""
+        if not self._fits(size):
+            smallest = next((s for s in range(size + 1, 8193) if self._fits(s)), None)
+            raise InputSizeError(
+                f'image size {size} is too small for this network: the local attention of some ACmix '
+                f'layer would get a feature map no larger than its padding. Sizes from {smallest} up work.')
 
     def construct(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -6,7 +6,7 @@ from mindspore import nn, ops, Tensor
 
 from ..layers import DropPath, WindowAttention, WindowAttentionACmix, roll_hw, shifted_window_mask
 from ..layers.window_acmix import dense
-from .registry import register_model
+from .registry import InputSizeError, register_model
 
 
 def layer_norm(dim):
@@ -19,7 +19,7 @@ def _pair(size):
 
 
 def stage_resolutions(img_size, patch_size, window_size, num_stages):
-    """Token-grid size (h, w) of every stage; raises ValueError, naming sizes that work, when
+    """Token-grid size (h, w) of every stage; raises InputSizeError, naming sizes that work, when
     the patch size, the patch merging (halving) or the window size does not divide a stage."""
     img_size = _pair(img_size)
 
@@ -40,7 +40,7 @@ def stage_resolutions(img_size, patch_size, window_size, num_stages):
     if None in per_axis:
         limit = max(2 * max(img_size), 512)
         working = [s for s in range(patch_size, limit + 1, patch_size) if resolutions(s)]
-        raise ValueError(
+        raise InputSizeError(
             f'image size {img_size[0]}x{img_size[1]} does not fit patch_size={patch_size}, '
             f'window_size={window_size} and {num_stages} stages: every stage must be divisible by the '
             f'window (or no larger than it) and even before each patch merging. Sizes that work '
@@ -152,6 +152,8 @@ class SwinTransformer(nn.Cell):
     at every stage; the official code accepts 224 only. Absolute position embedding is not
     supported (the official ACmix models do not use it).
     """
+
+    classifier_name = 'head'  # parameters left out when fine-tuning with a new head
 
     def __init__(self, img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,

@@ -7,11 +7,11 @@ from ..data.imagefolder import DataError
 from ..engine.checkpoint import CheckpointMismatchError
 from ..engine.context import DeviceError
 from ..engine.trainer import TrainingError
-from ..models import UnknownModelError
+from ..models import InputSizeError, UnknownModelError
 from .pth2ckpt import ConversionError
 
 USER_ERRORS = (ConfigError, DataError, DeviceError, CheckpointMismatchError, TrainingError, ConversionError,
-               UnknownModelError, FileNotFoundError)
+               UnknownModelError, InputSizeError, FileNotFoundError)
 
 
 def run_main(main, argv=None):
