@@ -11,7 +11,8 @@ import sys
 import src  # noqa: F401
 from src.config import config_from_args
 from src.tools.cli import run_main
-from src.data.imagefolder import build_dataset
+from src.data.imagefolder import build_dataset, count_images, readable_images, set_bad_image_policy
+from src.progress import Progress
 from src.engine.context import setup_context
 from src.engine.evaluate import evaluate
 from src.engine.trainer import build_model
@@ -24,7 +25,11 @@ def main(argv=None):
     if not cfg.checkpoint:
         raise SystemExit('error: --checkpoint is required')
     net = load_weights(build_model(cfg), cfg.checkpoint)
-    result = evaluate(net, build_dataset(cfg, 'val'), log=lambda m: print(m, file=sys.stderr, flush=True))
+    set_bad_image_policy(cfg.bad_images)
+    val_dir = os.path.join(cfg.data_dir, 'val')
+    with readable_images():
+        result = evaluate(net, build_dataset(cfg, 'val'), progress=Progress('eval', 'batches'))
+    result['unreadable_skipped'] = count_images(val_dir) - result['count']
     print(json.dumps({'checkpoint': os.path.basename(cfg.checkpoint), **result}))
     return 0
 

@@ -11,15 +11,36 @@ import sys
 import src  # noqa: F401  (environment defaults before MindSpore loads)
 from src.config import config_from_args, save_config
 from src.tools.cli import run_main
+from src.engine.checkpoint import CheckpointMismatchError
 from src.engine.context import setup_context
 from src.engine.trainer import train
+from src.tools.pth2ckpt import ConversionError
+from src.tools.weights import load_weights
+
+
+def pretrained_loader(cfg):
+    """init_weights for train(): load cfg.pretrained, without the classifier if cfg.new_head."""
+    if not cfg.pretrained:
+        return None
+
+    def init_weights(net):
+        skip = (net.classifier_name + '.',) if cfg.new_head else ()
+        try:
+            load_weights(net, cfg.pretrained, skip_prefixes=skip)
+        except (CheckpointMismatchError, ConversionError) as err:
+            if cfg.new_head:
+                raise
+            raise type(err)(f'{err}\nto fine-tune on other classes with a new classifier, add --new_head true') from None
+        print(f'initialised from {cfg.pretrained}' + (' (new classifier head)' if cfg.new_head else ''), flush=True)
+    return init_weights
 
 
 def main(argv=None):
     cfg = config_from_args(__doc__.split('\n\n')[0], argv)
     rank, group_size = setup_context(cfg.device_target, cfg.mode, data_parallel=cfg.data_parallel)
     history = train(cfg, rank, group_size,
-                    on_start=lambda: save_config(cfg, os.path.join(cfg.output_dir, 'config.yaml')))
+                    on_start=lambda: save_config(cfg, os.path.join(cfg.output_dir, 'config.yaml')),
+                    init_weights=pretrained_loader(cfg))
     if rank == 0 and history:
         last = history[-1]
         print(f"done: {len(history)} epochs, last train loss {last['train_loss']:.4f}"

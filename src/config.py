@@ -25,6 +25,8 @@ SCHEMA = {
     'eval_batch_size': (64, 'images per step in evaluation'),
     'num_workers': (2, 'data-loading workers per device'),
     'interpolation': ('bilinear', 'resize interpolation: bilinear | bicubic'),
+    'bad_images': ('stop', 'unreadable (corrupt, truncated) images: stop, naming the file | skip them '
+                           '(counted; under data parallel replaced by other images, so ranks stay in step)'),
     'crop_pct': (0.875, 'eval: resize to image_size / crop_pct, then centre-crop image_size'),
     'scale_min': (0.08, 'RandomResizedCrop minimum area fraction'),
     'hflip': (0.5, 'horizontal flip probability'),
@@ -60,6 +62,9 @@ SCHEMA = {
     'eval_interval': (1, 'validate every N epochs (0 = only at the end)'),
     'resume': ('', "checkpoint to resume from, or 'auto' for the last one in output_dir"),
     'checkpoint': ('', 'eval/export: checkpoint to load (.ckpt, or an official .pth)'),
+    'pretrained': ('', 'train: initial weights (.ckpt, or an official .pth), loaded strictly'),
+    'new_head': (False, 'train with pretrained: leave the classifier out of the loaded weights, to '
+                        'fine-tune on another set of classes'),
     # export
     'file_name': ('', 'export: output path without suffix (default: output_dir/<arch>)'),
     'file_format': ('MINDIR', 'export: MINDIR | ONNX | AIR (AIR needs Ascend)'),
@@ -69,6 +74,7 @@ SCHEMA = {
 
 CHOICES = {
     'interpolation': ('bilinear', 'bicubic'),
+    'bad_images': ('stop', 'skip'),
     'optimizer': ('sgd', 'adamw'),
     'device_target': ('CPU', 'GPU', 'Ascend'),
     'mode': ('graph', 'pynative'),

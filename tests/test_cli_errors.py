@@ -1,6 +1,8 @@
 """Bad input on the command line: one short 'error:' line, exit code 2, and nothing written."""
+import json
 import os
 
+import numpy as np
 import pytest
 
 import eval as eval_script
@@ -62,3 +64,79 @@ def test_unknown_model_name(tiny_imagefolder, tmp_path, capsys):
     code, err = _run(eval_script.main, ['--arch', 'acmix_resnet5', '--data_dir', tiny_imagefolder,
                                         '--checkpoint', 'x.ckpt'], capsys)
     assert code == 2 and err.startswith("error: unknown model 'acmix_resnet5'. Did you mean acmix_resnet50")
+
+
+def test_input_size_too_small(tiny_imagefolder, tmp_path, capsys):
+    out = tmp_path / 'out'
+    common = ['--num_classes', '3', '--batch_size', '8', '--data_dir', tiny_imagefolder, '--output_dir', str(out)]
+    code, err = _run(train_script.main, ['--arch', 'acmix_resnet_mini', '--image_size', '8'] + common, capsys)
+    assert code == 2 and err.startswith('error: image size 8 is too small') and 'Sizes from 13 up work' in err
+    code, err = _run(train_script.main, ['--arch', 'swin_mini', '--image_size', '36'] + common, capsys)
+    assert code == 2 and 'image size 36x36 does not fit' in err and 'Sizes that work up to 512: 16, 32, 64,' in err
+    assert not out.exists()
+
+
+def _write_bad_images(folder):
+    """A truncated PNG and a file that is not an image at all."""
+    good = sorted(os.listdir(folder))[0]
+    data = open(os.path.join(folder, good), 'rb').read()
+    with open(os.path.join(folder, 'truncated.png'), 'wb') as f:
+        f.write(data[:len(data) // 2])
+    with open(os.path.join(folder, 'notes.jpg'), 'wb') as f:
+        f.write(b'not an image ' * 20)
+
+
+def test_corrupt_image_stops_naming_the_file(tmp_path, capsys, monkeypatch):
+    root = write_tiny_imagefolder(str(tmp_path / 'data'), classes=2, train_per_class=8, val_per_class=2)
+    _write_bad_images(os.path.join(root, 'train', 'class_1'))
+    monkeypatch.chdir(tmp_path)  # MindSpore dumps an undecodable image into the working directory
+    out = tmp_path / 'out'
+    code, err = _run(train_script.main, ['--arch', 'resnet_mini', '--num_classes', '2', '--image_size', '32',
+                                         '--data_dir', root, '--output_dir', str(out), '--epochs', '1', '--warmup_epochs', '0',
+                                         '--batch_size', '4', '--num_workers', '1'], capsys)
+    assert code == 2 and err.startswith('error: cannot decode ') and 'Traceback' not in err
+    bad = err.split('cannot decode ')[1].split(' ')[0]
+    assert bad in (os.path.join(root, 'train', 'class_1', 'truncated.png'),
+                   os.path.join(root, 'train', 'class_1', 'notes.jpg'))
+    assert 'bad_images: skip' in err
+    assert not (out / 'checkpoints').exists() and not (out / 'metrics.json').exists()
+    assert sorted(os.listdir(tmp_path)) == ['data', 'out']  # no abnormal_image.* dump left behind
+
+
+def test_corrupt_images_skipped_and_counted(tmp_path, capsys, monkeypatch):
+    import mindspore as ms
+    from src.models import create_model
+    root = write_tiny_imagefolder(str(tmp_path / 'data'), classes=2, train_per_class=2, val_per_class=3)
+    _write_bad_images(os.path.join(root, 'val', 'class_0'))
+    ckpt = str(tmp_path / 'model.ckpt')
+    ms.save_checkpoint(create_model('resnet_mini', num_classes=2), ckpt)
+    monkeypatch.chdir(tmp_path)
+    argv = ['--arch', 'resnet_mini', '--num_classes', '2', '--image_size', '32', '--data_dir', root,
+            '--checkpoint', ckpt, '--eval_batch_size', '4', '--num_workers', '1']
+    code, err = _run(eval_script.main, argv, capsys)
+    assert code == 2 and 'cannot decode' in err
+    code = eval_script.main(argv + ['--bad_images', 'skip'])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and result['count'] == 6 and result['unreadable_skipped'] == 2
+    assert sorted(os.listdir(tmp_path)) == ['data', 'model.ckpt']
+
+
+def test_pretrained_of_other_classes_needs_new_head(tiny_imagefolder, tmp_path, capsys):
+    import mindspore as ms
+    from src.models import create_model
+    pretrained = create_model('resnet_mini', num_classes=10)
+    ckpt = str(tmp_path / 'pretrained.ckpt')
+    ms.save_checkpoint(pretrained, ckpt)
+    out = tmp_path / 'out'
+    argv = ['--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--data_dir', tiny_imagefolder,
+            '--output_dir', str(out), '--pretrained', ckpt, '--epochs', '1', '--warmup_epochs', '0', '--batch_size', '8',
+            '--lr', '0', '--weight_decay', '0', '--num_workers', '1']
+    code, err = _run(train_script.main, argv, capsys)
+    assert code == 2 and 'fc.weight (10, 512) vs (3, 512)' in err and '--new_head true' in err
+    assert not out.exists()
+    assert train_script.main(argv + ['--new_head', 'true']) == 0
+    # lr 0: the trained network still holds the pretrained backbone, with a 3-class head of its own.
+    trained = ms.load_checkpoint(str(out / 'checkpoints' / 'epoch_001.ckpt'))
+    for name in ('conv1.weight', 'layer4.0.conv3.weight'):
+        np.testing.assert_array_equal(trained[name].asnumpy(), pretrained.parameters_dict()[name].asnumpy())
+    assert trained['fc.weight'].shape == (3, 512)

@@ -48,18 +48,14 @@ def build_digits_folder(root, image_size=32, val_fraction=0.2, seed=0, progress=
 
 def main(argv=None):
     import argparse
-    import sys
+    from ..progress import Progress
     parser = argparse.ArgumentParser(description='Write the digits demo dataset as an ImageNet-layout folder.')
     parser.add_argument('--out', default='data/digits')
     parser.add_argument('--image_size', type=int, default=32)
     args = parser.parse_args(argv)
-    tty = sys.stderr.isatty()
-
-    def progress(done, total):
-        if tty and (done % 100 == 0 or done == total):
-            print(f'\r[digits] {done}/{total} images', end='\n' if done == total else '', file=sys.stderr, flush=True)
-
-    n_train, n_val = build_digits_folder(args.out, args.image_size, progress=progress)
+    progress = Progress(f'writing {args.out}', 'images')
+    n_train, n_val = build_digits_folder(args.out, args.image_size, progress=progress.update)
+    progress.close()
     print(f'{args.out}: {n_train} train and {n_val} val images, 10 classes')
     return 0
 

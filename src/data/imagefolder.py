@@ -1,5 +1,13 @@
-"""ImageNet-layout datasets (`<root>/train/<class>/*`, `<root>/val/<class>/*`) with mindspore.dataset."""
+"""ImageNet-layout datasets (`<root>/train/<class>/*`, `<root>/val/<class>/*`) with mindspore.dataset.
+
+Decode turns grayscale, palette, RGBA (alpha dropped) and CMYK images into RGB, as PIL's
+convert('RGB') does. Unreadable files (corrupt, truncated, not an image) stop the run with an
+error naming the file, or with `bad_images: skip` are left out (see `set_bad_image_policy`).
+"""
+import contextlib
+import glob
 import os
+import re
 
 import numpy as np
 import mindspore.dataset as ds
@@ -15,7 +23,46 @@ _INTER = {'bilinear': Inter.BILINEAR, 'bicubic': Inter.BICUBIC}
 
 
 class DataError(ValueError):
-    """The dataset folder is missing, empty or inconsistent."""
+    """The dataset folder is missing, empty or inconsistent, or an image cannot be decoded."""
+
+
+# MindSpore's Decode writes a copy of an image it cannot decode to the working directory.
+_DECODE_DUMPS = 'abnormal_image.*'
+_BAD_FILE = re.compile(r'The corresponding data file is: (.*?\.\w+)\. ')
+
+
+def set_bad_image_policy(policy, distributed=False):
+    """What the pipelines of this process do with an image they cannot decode: 'stop' raises
+    (see `readable_images`); 'skip' leaves it out, except under data parallelism, where it is
+    replaced by another sample: a skip would give the ranks different step counts and hang the
+    gradient all-reduce. MindSpore reads the setting while iterating, so it is process-wide."""
+    modes = ds.config.ErrorSamplesMode
+    if policy == 'stop':
+        mode = modes.RETURN
+    else:
+        mode = modes.REPLACE if distributed else modes.SKIP
+    ds.config.set_error_samples_mode(mode)
+
+
+@contextlib.contextmanager
+def readable_images(path=None):
+    """Around iteration over a pipeline (or the eager decoding of the one file `path`): an image
+    that cannot be decoded becomes a DataError naming the file, and the copy MindSpore dumps into
+    the working directory is removed."""
+    before = set(glob.glob(_DECODE_DUMPS))
+    try:
+        yield
+    except RuntimeError as err:
+        found = _BAD_FILE.search(str(err))
+        if found is None and path is None:
+            raise
+        bad = found.group(1) if found else path
+        hint = '' if path else ', or set bad_images: skip to leave unreadable images out'
+        raise DataError(f'cannot decode {bad} (corrupt, truncated or not an image); remove or replace '
+                        f'it{hint}') from None
+    finally:
+        for path in set(glob.glob(_DECODE_DUMPS)) - before:
+            os.remove(path)
 
 
 def class_names(split_dir):
@@ -25,6 +72,15 @@ def class_names(split_dir):
     names = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
     if not names:
         raise DataError(f'no class folders in {split_dir}')
+    return names
+
+
+def imagenet_class_names():
+    """The 1000 ImageNet-1k class names, in the index order of the sorted synset folders
+    (n01440764 = 0, tench); the names are torchvision's, which make duplicates unique."""
+    with open(os.path.join(os.path.dirname(__file__), 'imagenet_classes.txt')) as f:
+        names = [line.strip() for line in f if line.strip()]
+    assert len(names) == 1000, 'imagenet_classes.txt must list 1000 names'
     return names
 
 

@@ -80,9 +80,10 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
 
 
 def optimizer_state(net, optimizer):
-    """The optimizer's own parameters (moments, step, lr table), not the network's."""
+    """The optimizer's own parameters (moments, step), not the network's. The learning-rate table
+    is left out: it follows from the config, and a resumed run may change it (more epochs)."""
     own = {p.name for p in net.get_parameters()}
-    return [p for p in optimizer.get_parameters() if p.name not in own]
+    return [p for p in optimizer.get_parameters() if p.name not in own and not p.name.startswith('learning_rate')]
 
 
 def save_training_checkpoint(path, net, optimizer=None, meta=None):

@@ -1,8 +1,8 @@
 """Top-1, top-5 and loss over every sample of a dataset."""
-import time
-
 import numpy as np
 from mindspore import ops
+
+from ..data.imagefolder import DataError
 
 
 def log_softmax(logits):
@@ -10,9 +10,10 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def evaluate(net, dataset, log=None):
+def evaluate(net, dataset, progress=None):
     """Runs `net` in eval mode over `dataset` (images, int labels), keeping every sample
-    (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}.
+    (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}. `progress`: a
+    src.progress.Progress, updated per batch.
 
     A smaller last batch is padded to the first batch's size and the padding is dropped from the
     outputs, so graph mode compiles one shape only.
@@ -20,7 +21,6 @@ def evaluate(net, dataset, log=None):
     net.set_train(False)
     correct1 = correct5 = 0
     loss_sum, count = 0.0, 0
-    start = time.time()
     num_batches = dataset.get_dataset_size()
     batch_size = None
     for i, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
@@ -37,8 +37,10 @@ def evaluate(net, dataset, log=None):
         correct5 += int((top == labels[:, None]).any(1).sum())
         loss_sum += float(-log_softmax(logits)[np.arange(len(labels)), labels].sum())
         count += len(labels)
-        if log is not None and (i % 50 == 0 or i == num_batches):
-            log(f'eval {i}/{num_batches} batches, {count} images, {time.time() - start:.0f}s')
+        if progress is not None:
+            progress.update(i, num_batches, f'{count} images')
+    if progress is not None:
+        progress.close()
     if count == 0:
-        raise ValueError('the evaluation dataset is empty')
+        raise DataError('no image of the evaluation dataset could be read')
     return {'top1': correct1 / count, 'top5': correct5 / count, 'loss': loss_sum / count, 'count': count}

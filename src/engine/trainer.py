@@ -14,7 +14,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..data.imagefolder import DataError, build_dataset, class_names
+from ..data.imagefolder import (DataError, build_dataset, class_names, count_images, readable_images,
+                               set_bad_image_policy)
 from ..models import create_model, size_overrides
 from .checkpoint import load_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
@@ -56,7 +57,10 @@ def build_model(cfg):
     overrides.update(size_overrides(cfg.arch, cfg.image_size))
     if cfg.drop_path_rate is not None:
         overrides['drop_path_rate'] = cfg.drop_path_rate
-    return create_model(cfg.arch, num_classes=cfg.num_classes, **overrides)
+    net = create_model(cfg.arch, num_classes=cfg.num_classes, **overrides)
+    if hasattr(net, 'check_input_size'):
+        net.check_input_size(cfg.image_size)
+    return net
 
 
 def epoch_checkpoints(ckpt_dir):
@@ -83,11 +87,13 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def train(cfg, rank=0, group_size=1, on_start=None):
+def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     """Train as configured; returns the list of per-epoch metric records. on_start() is called
     once the data, model and checkpoint to resume from have been checked, before the first step
-    (train.py saves the resolved config there, so a bad input leaves nothing behind)."""
+    (train.py saves the resolved config there, so a bad input leaves nothing behind).
+    init_weights(net) loads pretrained weights into a fresh network; a resumed run skips it."""
     log = get_logger(rank)
+    set_bad_image_policy(cfg.bad_images, distributed=group_size > 1)
     ckpt_dir = os.path.join(cfg.output_dir, 'checkpoints')
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -143,6 +149,8 @@ def train(cfg, rank=0, group_size=1, on_start=None):
         if os.path.isfile(metrics_path):
             with open(metrics_path) as f:
                 history = [r for r in json.load(f) if r['epoch'] <= start_epoch]
+    elif init_weights is not None:
+        init_weights(net)
 
     if rank == 0:
         log_to_file(log, cfg.output_dir)
@@ -157,45 +165,57 @@ def train(cfg, rank=0, group_size=1, on_start=None):
     last_good = resume or None
     total_steps = cfg.epochs * steps_per_epoch
     run_start, run_steps = time.time(), 0
-    for epoch in range(start_epoch, cfg.epochs):
-        net.set_train(True)
-        epoch_start, losses = time.time(), []
-        data = train_data(epoch)
-        for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), 1):
-            loss = float(step_fn(images, targets).asnumpy())
-            global_step = epoch * steps_per_epoch + i
-            if not math.isfinite(loss) and loss_scaler is None:
-                raise TrainingError(f'loss is {loss} at epoch {epoch + 1}, step {i} (global step {global_step}); '
-                                    f'last good checkpoint: {last_good or "none"}. Lower the lr or enable clip_grad.')
-            losses.append(loss)
-            run_steps += 1
-            if i % cfg.log_interval == 0 or i == steps_per_epoch:
-                elapsed = time.time() - run_start
-                rate = run_steps * global_batch / elapsed
-                eta = (total_steps - global_step) * elapsed / run_steps
-                log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
-                         steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]), rate,
-                         format_duration(eta))
-        record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(lrs[global_step - 1]),
-                  'epoch_time_s': round(time.time() - epoch_start, 2)}
-        is_last = epoch + 1 == cfg.epochs
-        if has_val and ((cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0) or is_last):
-            val = evaluate(net, build_dataset(cfg, 'val', class_indexing=class_indexing))
-            record.update(val_top1=val['top1'], val_top5=val['top5'], val_loss=val['loss'])
-            log.info('epoch %d val top-1 %.4f top-5 %.4f loss %.4f (%d images)', epoch + 1, val['top1'],
-                     val['top5'], val['loss'], val['count'])
-        history.append(record)
-        if rank == 0:
-            meta = {'epoch': epoch + 1, 'best_top1': max(best_top1, record.get('val_top1', -1.0))}
-            path = save_training_checkpoint(os.path.join(ckpt_dir, f'epoch_{epoch + 1:03d}.ckpt'), net, optimizer, meta)
-            last_good = path
-            if record.get('val_top1', -1.0) > best_top1:
-                best_top1 = record['val_top1']
-                save_training_checkpoint(os.path.join(ckpt_dir, 'best.ckpt'), net, None, meta)
-                log.info('new best top-1 %.4f -> %s', best_top1, os.path.join(ckpt_dir, 'best.ckpt'))
-            for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
-                os.remove(old)
-            _write_json(metrics_path, history)
+    n_val_images = count_images(val_dir) if has_val else 0
+    with readable_images():  # an undecodable image: an error naming the file
+        for epoch in range(start_epoch, cfg.epochs):
+            net.set_train(True)
+            epoch_start, losses = time.time(), []
+            data = train_data(epoch)
+            i = 0
+            for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), 1):
+                loss = float(step_fn(images, targets).asnumpy())
+                global_step = epoch * steps_per_epoch + i
+                if not math.isfinite(loss) and loss_scaler is None:
+                    raise TrainingError(f'loss is {loss} at epoch {epoch + 1}, step {i} (global step {global_step}); '
+                                        f'last good checkpoint: {last_good or "none"}. Lower the lr or enable clip_grad.')
+                losses.append(loss)
+                run_steps += 1
+                if i % cfg.log_interval == 0 or i == steps_per_epoch:
+                    elapsed = time.time() - run_start
+                    rate = run_steps * global_batch / elapsed
+                    eta = (total_steps - global_step) * elapsed / run_steps
+                    log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
+                             steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]), rate,
+                             format_duration(eta))
+            if i == 0:
+                raise DataError(f'no batch of training images could be read in epoch {epoch + 1}')
+            if i < steps_per_epoch:
+                log.warning('epoch %d ran %d of %d steps: unreadable training images were skipped '
+                            '(GLOG_v=2 makes MindSpore name each)', epoch + 1, i, steps_per_epoch)
+            record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(lrs[global_step - 1]),
+                      'epoch_time_s': round(time.time() - epoch_start, 2)}
+            is_last = epoch + 1 == cfg.epochs
+            if has_val and ((cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0) or is_last):
+                val = evaluate(net, build_dataset(cfg, 'val', class_indexing=class_indexing))
+                record.update(val_top1=val['top1'], val_top5=val['top5'], val_loss=val['loss'])
+                unreadable = n_val_images - val['count']
+                log.info('epoch %d val top-1 %.4f top-5 %.4f loss %.4f (%d images%s)', epoch + 1, val['top1'],
+                         val['top5'], val['loss'], val['count'],
+                         f', {unreadable} unreadable left out' if unreadable > 0 else '')
+            history.append(record)
+            if rank == 0:
+                # Metrics first: a kill between the two writes leaves metrics one epoch ahead of
+                # the checkpoints, which resume trims, never behind.
+                _write_json(metrics_path, history)
+                meta = {'epoch': epoch + 1, 'best_top1': max(best_top1, record.get('val_top1', -1.0))}
+                path = save_training_checkpoint(os.path.join(ckpt_dir, f'epoch_{epoch + 1:03d}.ckpt'), net, optimizer, meta)
+                last_good = path
+                if record.get('val_top1', -1.0) > best_top1:
+                    best_top1 = record['val_top1']
+                    save_training_checkpoint(os.path.join(ckpt_dir, 'best.ckpt'), net, None, meta)
+                    log.info('new best top-1 %.4f -> %s', best_top1, os.path.join(ckpt_dir, 'best.ckpt'))
+                for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
+                    os.remove(old)
     # Every rank reports it: with data parallelism all ranks must end with the same trainable weights.
     print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}', flush=True)
     return history

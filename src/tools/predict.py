@@ -3,11 +3,13 @@
     python -m src.tools.predict --config config/demo_cpu.yaml --checkpoint best.ckpt img1.png img2.png
     python -m src.tools.predict --config config/demo_cpu.yaml --mindir model.mindir data/digits/val/3/*.png
 
-Class names come from the config's data_dir/train folder when it exists, else indices are shown.
+Class names come from the config's data_dir/train folder when it exists; 1000-class models without
+one (or with ImageNet's synset folders) show the ImageNet-1k names; otherwise indices are shown.
 When an image sits in a folder named after a class, its true label is printed too.
 """
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -17,17 +19,33 @@ import mindspore as ms
 from mindspore import nn, Tensor
 
 from src.config import ConfigError, load_config, parse_overrides
-from src.data.imagefolder import DataError, class_names, eval_transforms
+from src.data.imagefolder import DataError, class_names, eval_transforms, imagenet_class_names, readable_images
 from src.engine.context import setup_context
+
+
+SYNSET = re.compile(r'n\d{8}')
 
 
 def preprocess(cfg, path):
     """One image file -> (3, H, W) float32, as the evaluation pipeline prepares it."""
     with open(path, 'rb') as f:
         img = np.frombuffer(f.read(), np.uint8)
-    for op in eval_transforms(cfg):
-        img = op(img)
+    with readable_images(path):
+        for op in eval_transforms(cfg):
+            img = op(img)
     return np.asarray(img, np.float32)
+
+
+def display_names(cfg):
+    """Class names: the training folders' (ImageNet synset folders shown by their names), the
+    ImageNet-1k names for a 1000-class model without a data folder, else indices."""
+    try:
+        names = class_names(os.path.join(cfg.data_dir, 'train'))
+    except DataError:
+        names = None
+    if cfg.num_classes == 1000 and (names is None or all(SYNSET.fullmatch(n) for n in names)):
+        return imagenet_class_names()
+    return names or [str(i) for i in range(cfg.num_classes)]
 
 
 def softmax(x):
@@ -62,10 +80,7 @@ def main(argv=None):
     if missing:
         parser.error(f'image file(s) not found: {", ".join(missing)}')
     setup_context(cfg.device_target, cfg.mode, distributed=False)
-    try:
-        names = class_names(os.path.join(cfg.data_dir, 'train'))
-    except DataError:
-        names = [str(i) for i in range(cfg.num_classes)]
+    names = display_names(cfg)
     predictor = load_predictor(cfg, args.checkpoint, args.mindir)
     correct = 0
     for path in args.images:

@@ -17,6 +17,7 @@ import src  # noqa: F401  (environment defaults before MindSpore loads)
 import mindspore as ms
 
 from src.engine.checkpoint import describe_mismatch, save_checkpoint_atomic
+from src.progress import Progress
 from src.models import create_model, list_models
 
 # Buffers of the official models that are constants here (built in __init__, not parameters).
@@ -85,13 +86,15 @@ def map_key(key, param_names):
     return None
 
 
-def convert_state_dict(state_dict, net):
+def convert_state_dict(state_dict, net, skip_prefixes=()):
     """{torch name: ndarray} -> {MindSpore name: ndarray} for `net`; raises ConversionError on
-    any missing, unexpected or mis-shaped key."""
-    params = {p.name: p for p in net.get_parameters()}
+    any missing, unexpected or mis-shaped key. Keys starting with one of `skip_prefixes` (e.g.
+    'fc.' for a new classifier) are neither converted nor required."""
+    skip = tuple(skip_prefixes)
+    params = {p.name: p for p in net.get_parameters() if not (skip and p.name.startswith(skip))}
     converted, matched, unexpected, mismatched = {}, set(), [], []
     for key, value in state_dict.items():
-        if key.rpartition('.')[2] in IGNORED_LEAVES:
+        if key.rpartition('.')[2] in IGNORED_LEAVES or (skip and key.startswith(skip)):
             continue
         name = map_key(key, params)
         if name is None:
@@ -116,12 +119,19 @@ def infer_num_classes(state_dict):
     raise ConversionError('cannot infer the number of classes (no head.weight or fc.weight); pass --num_classes')
 
 
-def convert(arch, state_dict, ckpt_path, num_classes=None, **overrides):
-    """Build `arch`, map `state_dict` onto it, write `ckpt_path` atomically; returns the net."""
+def convert(arch, state_dict, ckpt_path, num_classes=None, progress=None, **overrides):
+    """Build `arch`, map `state_dict` onto it, write `ckpt_path` atomically; returns the net.
+    `progress`: a src.progress.Progress, told each of the 3 steps."""
     num_classes = num_classes or infer_num_classes(state_dict)
+    if progress is not None:
+        progress.update(1, 3, f'building {arch} and mapping {len(state_dict)} tensors')
     net = create_model(arch, num_classes=num_classes, **overrides)
     converted = convert_state_dict(state_dict, net)
+    if progress is not None:
+        progress.update(2, 3, f'writing {ckpt_path}')
     save_checkpoint_atomic([{'name': n, 'data': ms.Tensor(v)} for n, v in converted.items()], ckpt_path)
+    if progress is not None:
+        progress.update(3, 3)
     return net
 
 
@@ -135,13 +145,17 @@ def main(argv=None):
     parser.add_argument('--trust_pickle', action='store_true',
                         help='allow .pth files that hold arbitrary pickled objects (only for files you trust)')
     args = parser.parse_args(argv)
+    progress = Progress('convert', 'of 3 steps')
     try:
+        progress.update(0, 3, f'reading {args.pth}')
         state_dict = load_pth(args.pth, args.trust_pickle)
-        print(f'read {len(state_dict)} tensors from {args.pth}', flush=True)
-        convert(args.arch, state_dict, args.ckpt, args.num_classes)
+        convert(args.arch, state_dict, args.ckpt, args.num_classes, progress=progress)
     except ConversionError as err:
+        progress.close()
         print(f'error: {err}\nnothing was written.', file=sys.stderr)
         return 1
+    progress.close()
+    print(f'read {len(state_dict)} tensors from {args.pth}', flush=True)
     print(f'wrote {args.ckpt}')
     return 0
 

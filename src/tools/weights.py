@@ -10,6 +10,6 @@ PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
 def load_weights(net, path, skip_prefixes=()):
     """Strictly load `path` into `net` (a .pth is converted in memory; needs torch)."""
     if path.endswith(PTH_SUFFIXES):
-        converted = pth2ckpt.convert_state_dict(pth2ckpt.load_pth(path), net)
+        converted = pth2ckpt.convert_state_dict(pth2ckpt.load_pth(path), net, skip_prefixes)
         path = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in converted.items()}
     return load_checkpoint_strict(net, path, skip_prefixes)

@@ -1,0 +1,117 @@
+"""Faults that must not cost a run: odd image modes, a non-finite loss, a killed process; and the
+progress display that stays out of logs."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config, write_tiny_imagefolder
+from src.data.imagefolder import build_dataset, eval_transforms, imagenet_class_names
+from src.engine.trainer import TrainingError, train
+from src.progress import Progress
+
+
+def test_grayscale_palette_rgba_and_cmyk_images_become_rgb(tmp_path):
+    from PIL import Image
+    from mindspore.dataset import vision
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'data' / 'val' / 'a'
+    folder.mkdir(parents=True)
+    images = {'gray.png': Image.fromarray(rng.integers(0, 255, (40, 40), np.uint8), 'L'),
+              'gray.jpg': Image.fromarray(rng.integers(0, 255, (40, 40), np.uint8), 'L'),
+              'palette.png': Image.fromarray(rng.integers(0, 255, (40, 40), np.uint8), 'L').convert('P'),
+              'rgba.png': Image.fromarray(rng.integers(0, 255, (40, 40, 4), np.uint8), 'RGBA'),
+              'cmyk.jpg': Image.fromarray(rng.integers(0, 255, (40, 40, 4), np.uint8), 'CMYK')}
+    for name, img in images.items():
+        img.save(folder / name)
+        decoded = vision.Decode()(np.fromfile(folder / name, np.uint8))
+        expected = np.asarray(Image.open(folder / name).convert('RGB'), np.int32)
+        assert decoded.shape == (40, 40, 3), name
+        assert np.abs(decoded.astype(np.int32) - expected).max() <= 1, name  # CMYK conversion rounds
+    cfg = tiny_config(str(tmp_path / 'data'), tmp_path, num_classes=1, eval_batch_size=5)
+    batch, _ = next(build_dataset(cfg, 'val').create_tuple_iterator(output_numpy=True))
+    assert batch.shape == (5, 3, 32, 32) and np.isfinite(batch).all()
+    assert len(eval_transforms(cfg)) == 5
+
+
+def test_non_finite_loss_stops_naming_step_and_last_checkpoint(tiny_imagefolder, tmp_path):
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=1, eval_interval=0))
+    # Resumed with an absurd learning rate, the weights blow up within the next epoch.
+    cfg = tiny_config(tiny_imagefolder, tmp_path, epochs=3, eval_interval=0, resume='auto', lr=1e30)
+    with pytest.raises(TrainingError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert message.startswith('loss is ') and 'at epoch 2, step ' in message
+    assert 'last good checkpoint: ' + str(tmp_path / 'checkpoints' / 'epoch_001.ckpt') in message
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['best.ckpt', 'epoch_001.ckpt']  # nothing newer
+    assert [r['epoch'] for r in json.loads((tmp_path / 'metrics.json').read_text())] == [1]
+
+
+def _train_argv(data_dir, output_dir):
+    return [sys.executable, 'train.py', '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
+            '--data_dir', data_dir, '--output_dir', str(output_dir), '--batch_size', '8', '--num_workers', '1',
+            '--crop_pct', '1.0', '--hflip', '0', '--scale_min', '0.8', '--lr', '0.8', '--warmup_epochs', '0',
+            '--epochs', '4', '--eval_interval', '0', '--log_interval', '1', '--label_smoothing', '0',
+            '--seed', '3']
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path):
+    data = write_tiny_imagefolder(str(tmp_path / 'data'), classes=3, train_per_class=24, val_per_class=2)
+    killed_dir = tmp_path / 'killed'
+    proc = subprocess.Popen(_train_argv(data, killed_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = killed_dir / 'train.log'
+    deadline = time.time() + 300
+    # Kill it in the middle of epoch 3, when epoch 2's checkpoint is on disk.
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and 'epoch 3/4 step 2/' in log.read_text():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert not (killed_dir / 'checkpoints' / 'epoch_004.ckpt').exists()
+
+    resumed = subprocess.run(_train_argv(data, killed_dir) + ['--resume', 'auto'], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert 'resumed from ' in resumed.stdout and 'epoch_002.ckpt' in resumed.stdout
+    uninterrupted = subprocess.run(_train_argv(data, tmp_path / 'full'), cwd=ROOT, capture_output=True, text=True,
+                                   timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+
+    def losses(folder):
+        return [(r['epoch'], r['train_loss']) for r in json.loads((folder / 'metrics.json').read_text())]
+    assert losses(killed_dir) == losses(tmp_path / 'full')  # exactly: CPU, fixed seed, epoch-seeded data
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_quiet_unless_on_a_terminal():
+    piped = io.StringIO()
+    progress = Progress('eval', 'batches', stream=piped)
+    for i in range(1, 4):
+        progress.update(i, 3)
+    progress.close()
+    assert piped.getvalue() == ''
+    terminal = _Terminal()
+    progress = Progress('eval', 'batches', stream=terminal, min_interval=0)
+    for i in range(1, 4):
+        progress.update(i, 3, 'note')
+    progress.close()
+    text = terminal.getvalue()
+    assert text.count('\r') == 3 and 'eval 3/3 batches' in text and text.endswith('\n')
+
+
+def test_imagenet_class_names_in_synset_order():
+    names = imagenet_class_names()
+    assert len(names) == 1000 == len(set(names))
+    assert names[0] == 'tench' and names[1] == 'goldfish' and names[999] == 'toilet tissue'
