@@ -184,19 +184,34 @@ def save_config(cfg, path):
     os.replace(tmp, path)
 
 
+_OVERRIDE = 'override_'
+
+
 def argument_parser(description):
-    """`--config FILE` plus free `--key value` overrides (any schema key)."""
-    parser = argparse.ArgumentParser(
-        description=description, epilog='Any config key can be overridden: --key value or key=value. '
-        'Keys: ' + ', '.join(SCHEMA))
+    """`--config FILE` plus one `--key value` option per schema key. Declaring the keys lets
+    argparse tell their values from positional arguments (predict's image paths)."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
+                                     epilog='Config keys can also be given as key=value.')
     parser.add_argument('--config', default=None, help='yaml config file (see config/)')
+    group = parser.add_argument_group('config keys (override the file)')
+    for key, (_, help_text) in SCHEMA.items():
+        group.add_argument('--' + key, dest=_OVERRIDE + key, metavar='VALUE', default=argparse.SUPPRESS,
+                           help=help_text.replace('%', '%%'))
     return parser
+
+
+def config_from_parsed(args, rest):
+    """The Config of parsed `argument_parser` arguments; `rest` holds key=value items and unknown
+    options, which raise ConfigError naming the key."""
+    given = [f'{name[len(_OVERRIDE):]}={value}' for name, value in vars(args).items() if name.startswith(_OVERRIDE)]
+    return load_config(args.config, parse_overrides(given + list(rest)))
 
 
 def config_from_args(description, argv=None):
     parser = argument_parser(description)
     args, rest = parser.parse_known_args(argv)
     try:
-        return load_config(args.config, parse_overrides(rest))
+        return config_from_parsed(args, rest)
     except ConfigError as err:
         parser.error(str(err))

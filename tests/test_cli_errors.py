@@ -7,7 +7,7 @@ import pytest
 
 import eval as eval_script
 import train as train_script
-from conftest import write_tiny_imagefolder
+from conftest import ROOT, write_tiny_imagefolder
 
 
 def _run(main, argv, capsys):
@@ -140,3 +140,37 @@ def test_pretrained_of_other_classes_needs_new_head(tiny_imagefolder, tmp_path, 
     for name in ('conv1.weight', 'layer4.0.conv3.weight'):
         np.testing.assert_array_equal(trained[name].asnumpy(), pretrained.parameters_dict()[name].asnumpy())
     assert trained['fc.weight'].shape == (3, 512)
+
+
+def test_empty_data_folders(tmp_path, capsys):
+    out = tmp_path / 'out'
+    argv = ['--arch', 'resnet_mini', '--num_classes', '2', '--image_size', '32', '--batch_size', '8',
+            '--output_dir', str(out), '--data_dir']
+    (tmp_path / 'no_classes' / 'train').mkdir(parents=True)
+    code, err = _run(train_script.main, argv + [str(tmp_path / 'no_classes')], capsys)
+    assert code == 2 and err.startswith('error: no class folders in ') and err.strip().endswith('no_classes/train')
+    for split in ('train', 'val'):
+        (tmp_path / 'no_images' / split / 'cat').mkdir(parents=True)
+    code, err = _run(train_script.main, argv + [str(tmp_path / 'no_images')], capsys)
+    assert code == 2 and err.startswith('error: 0 image files in ') and 'fewer than 1 device(s) x batch_size 8' in err
+    assert not out.exists()
+
+
+def test_predict_names_imagenet_classes_and_rejects_unreadable_images(tiny_imagefolder, tmp_path, capsys):
+    import mindspore as ms
+    from src.models import create_model
+    from src.tools import predict
+    ckpt = str(tmp_path / 'imagenet_like.ckpt')
+    ms.save_checkpoint(create_model('resnet_mini', num_classes=1000), ckpt)
+    image = os.path.join(tiny_imagefolder, 'val', 'class_0', '0.png')
+    argv = ['--config', os.path.join(ROOT, 'config', 'demo_cpu.yaml'), '--checkpoint', ckpt, '--arch', 'resnet_mini',
+            '--num_classes', '1000', '--data_dir', str(tmp_path / 'none')]
+    assert predict.main(argv + [image]) == 0
+    line = capsys.readouterr().out.strip()
+    names = set(predict.imagenet_class_names())
+    shown = line.split('[top-5: ')[1].rstrip(']').split(', ')
+    assert len(shown) == 5 and all(entry.rsplit(' ', 1)[0] in names for entry in shown)
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(open(image, 'rb').read()[:60])
+    code, err = _run(predict.main, argv + [str(broken)], capsys)
+    assert code == 2 and err.startswith(f'error: cannot decode {broken}') and 'Traceback' not in err

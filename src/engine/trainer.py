@@ -117,7 +117,9 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
 
     steps_per_epoch = train_data(0).get_dataset_size()
     if steps_per_epoch == 0:
-        raise DataError(f'fewer training images per device than batch_size ({cfg.batch_size}) in {cfg.data_dir}/train')
+        train_dir = os.path.join(cfg.data_dir, 'train')
+        raise DataError(f'{count_images(train_dir)} image files in {train_dir} (.jpg, .jpeg, .png, .bmp), fewer '
+                        f'than {group_size} device(s) x batch_size {cfg.batch_size}')
     global_batch = cfg.batch_size * group_size
     peak_lr = scaled_lr(cfg.lr, global_batch, cfg.lr_base_batch)
     lrs = warmup_cosine_lr(peak_lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.min_lr)

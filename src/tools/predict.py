@@ -7,7 +7,6 @@ Class names come from the config's data_dir/train folder when it exists; 1000-cl
 one (or with ImageNet's synset folders) show the ImageNet-1k names; otherwise indices are shown.
 When an image sits in a folder named after a class, its true label is printed too.
 """
-import argparse
 import os
 import re
 import sys
@@ -18,7 +17,7 @@ import src  # noqa: F401
 import mindspore as ms
 from mindspore import nn, Tensor
 
-from src.config import ConfigError, load_config, parse_overrides
+from src.config import ConfigError, argument_parser, config_from_parsed
 from src.data.imagefolder import DataError, class_names, eval_transforms, imagenet_class_names, readable_images
 from src.engine.context import setup_context
 
@@ -64,24 +63,24 @@ def load_predictor(cfg, checkpoint=None, mindir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--config', required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', help='.ckpt (or official .pth)')
-    source.add_argument('--mindir', help='exported .mindir')
+    parser = argument_parser(__doc__.split('\n\n')[0])
+    parser.usage = '%(prog)s [--config FILE] (--checkpoint CKPT | --mindir FILE) [--topk K] [--KEY VALUE ...] IMAGE ...'
+    parser.add_argument('--mindir', help='exported .mindir, instead of --checkpoint')
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('images', nargs='+')
     args, rest = parser.parse_known_args(argv)
     try:
-        cfg = load_config(args.config, parse_overrides(rest))
+        cfg = config_from_parsed(args, rest)
     except ConfigError as err:
         parser.error(str(err))
+    if bool(cfg.checkpoint) == bool(args.mindir):
+        parser.error('give one of --checkpoint (.ckpt or official .pth) and --mindir')
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         parser.error(f'image file(s) not found: {", ".join(missing)}')
     setup_context(cfg.device_target, cfg.mode, distributed=False)
     names = display_names(cfg)
-    predictor = load_predictor(cfg, args.checkpoint, args.mindir)
+    predictor = load_predictor(cfg, cfg.checkpoint, args.mindir)
     correct = 0
     for path in args.images:
         logits = predictor(Tensor(preprocess(cfg, path)[None])).asnumpy()[0]
