@@ -30,7 +30,7 @@ class Progress:
         elapsed = now - self.start
         text = f'{self.label} {done}' + (f'/{total}' if total else '') + (f' {self.unit}' if self.unit else '')
         text += f' {elapsed:.0f}s'
-        if total and 0 < done < total:
+        if total and 0 < done < total and elapsed >= 1:
             text += f' ETA {elapsed * (total - done) / done:.0f}s'
         if note:
             text += f' {note}'
