@@ -1,12 +1,13 @@
 """Speed and peak memory of models in graph mode, each (arch, mode) in a fresh process.
 
     python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
-        --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--json out.json]
+        --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--rounds 3] [--json out.json]
 
 Each run builds the model, compiles and runs `--warmup` steps (the first one's time is reported
 as compile_s), then times `--steps` steps and reports the median. Peak memory is the process's
 maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
-between runs and machines; compare architectures side by side in one run.
+between runs and machines; compare architectures side by side in one run (with --rounds the runs are
+interleaved and medians reported), and the printed acmix_X / X ratios do that.
 """
 import argparse
 import json
@@ -90,6 +91,38 @@ def format_table(records):
     return '\n'.join(rows)
 
 
+def format_ratios(records):
+    """'acmix_X / X' lines: step-time and peak-memory ratios of each ACmix model to its plain twin
+    measured in the same run."""
+    found = {(r['arch'], r['mode']): r for r in records if 'error' not in r}
+    lines = []
+    for (arch, mode), r in found.items():
+        plain = found.get((arch[len('acmix_'):], mode)) if arch.startswith('acmix_') else None
+        if plain:
+            lines.append(f'{arch} / {plain["arch"]} {mode}: step time x{r["step_s"] / plain["step_s"]:.2f}, '
+                         f'peak memory x{r["peak_rss_gb"] / plain["peak_rss_gb"]:.2f}')
+    return '\n'.join(lines)
+
+
+def combine_rounds(rounds):
+    """Records of the same (arch, mode) from several rounds -> one: median step and compile time,
+    largest peak memory; failures are kept as they are."""
+    import numpy as np
+    merged = []
+    for group in zip(*rounds):
+        ok = [r for r in group if 'error' not in r]
+        if len(ok) < len(group):
+            merged.append(next(r for r in group if 'error' in r))
+            continue
+        record = dict(ok[0])
+        record['step_s'] = round(float(np.median([r['step_s'] for r in ok])), 4)
+        record['compile_s'] = round(float(np.median([r['compile_s'] for r in ok])), 3)
+        record['images_per_s'] = round(record['batch_size'] / record['step_s'], 3)
+        record['peak_rss_gb'] = max(r['peak_rss_gb'] for r in ok)
+        merged.append(record)
+    return merged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', nargs='+', required=True)
@@ -99,11 +132,14 @@ def main(argv=None):
     parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps, the first includes compilation')
     parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure every (arch, mode) this many times, interleaved, and report medians: '
+                             'other load on the machine then affects all models alike')
     parser.add_argument('--json', default=None, help='write the records to this file')
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error('--warmup and --steps must be at least 1')
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error('--warmup, --steps and --rounds must be at least 1')
 
     if args.worker:
         record = run_one(args.arch[0], args.mode[0], args.batch_size, args.image_size, args.device_target,
@@ -115,12 +151,20 @@ def main(argv=None):
     unknown = [a for a in args.arch if a not in list_models()]
     if unknown:
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
-    records = []
-    for arch in args.arch:
-        for mode in args.mode:
-            print(f'[benchmark] {arch} {mode} batch {args.batch_size} at {args.image_size}px ...', file=sys.stderr, flush=True)
-            records.append(run_isolated(arch, mode, args))
+    rounds = []
+    for round_index in range(args.rounds):
+        records = []
+        for arch in args.arch:
+            for mode in args.mode:
+                print(f'[benchmark] round {round_index + 1}/{args.rounds}: {arch} {mode} batch {args.batch_size} '
+                      f'at {args.image_size}px ...', file=sys.stderr, flush=True)
+                records.append(run_isolated(arch, mode, args))
+        rounds.append(records)
+    records = combine_rounds(rounds)
     print(format_table(records))
+    ratios = format_ratios(records)
+    if ratios:
+        print(ratios)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(records, f, indent=2)
