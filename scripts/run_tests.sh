@@ -12,4 +12,6 @@ if [ "${ACMIX_TEST_TORCH:-1}" = 1 ]; then
 fi
 acmix_optional matplotlib
 cd "$ACMIX_ROOT"
-exec "$PY" -m pytest tests -q -p no:cacheprovider "$@"
+# faulthandler: a test stuck for 15 min prints every thread's stack (once MindSpore's dataset
+# teardown was seen to deadlock under heavy CPU load; not reproduced since).
+exec "$PY" -m pytest tests -q -p no:cacheprovider -o faulthandler_timeout=900 "$@"
