@@ -61,8 +61,8 @@ def readable_images(path=None):
         raise DataError(f'cannot decode {bad} (corrupt, truncated or not an image); remove or replace '
                         f'it{hint}') from None
     finally:
-        for path in set(glob.glob(_DECODE_DUMPS)) - before:
-            os.remove(path)
+        for dump in set(glob.glob(_DECODE_DUMPS)) - before:
+            os.remove(dump)
 
 
 def class_names(split_dir):
