@@ -1,8 +1,10 @@
 """Swin pieces against NumPy: cyclic shift, window partition/reverse, mask, relative index;
-and the ACmix window attention against a NumPy forward of the official equations."""
+the ACmix window attention against a NumPy forward of the official equations, and its
+hand-written convolution backward against autodiff of the official formulation."""
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+import mindspore as ms
+from mindspore import Tensor, nn, ops
 
 from src.layers import (WindowAttention, WindowAttentionACmix, relative_position_index, roll_hw,
                         shifted_window_mask, window_partition, window_reverse)
@@ -123,3 +125,53 @@ def test_window_acmix_matches_numpy(paths, shifted):
 def test_plain_window_attention_has_no_conv_path():
     names = {p.name for p in WindowAttention(8, 4, 2).get_parameters()}
     assert names == {'qkv.weight', 'qkv.bias', 'proj.weight', 'proj.bias', 'relative_position_bias_table'}
+
+
+def _official_window_acmix(cell, x, mask):
+    """The official WindowAttention_acmix in MindSpore ops, differentiated by autodiff: fc as a
+    1x1 conv over (B, 3nh, HW, hd), then the grouped conv with its own zero padding."""
+    qkv = cell.qkv(x)
+    b, h, w, _ = qkv.shape
+    nh, hd, k = cell.num_heads, cell.head_dim, cell.kernel_conv
+    f = ops.transpose(qkv.reshape(b, h * w, 3 * nh, hd), (0, 2, 1, 3))
+    f = ops.conv2d(f, cell.fc.weight) + cell.fc.bias.reshape(1, -1, 1, 1)  # (B, k2, HW, hd)
+    f = ops.transpose(f, (0, 3, 1, 2)).reshape(b, hd * k * k, h, w)
+    conv = ops.conv2d(f, cell.dep_conv.weight, pad_mode='pad', padding=k // 2, groups=hd)
+    conv = ops.transpose(conv, (0, 2, 3, 1))
+    return cell.rate1 * cell._window_attention(qkv, mask) + cell.rate2 * conv
+
+
+@pytest.mark.parametrize('num_heads,kernel_conv,conv_form,shifted', [
+    (2, 3, 'fused', True),
+    (2, 3, 'separate', False),
+    (4, 3, 'separate', True),
+    (4, 5, 'fused', False),
+])
+def test_window_acmix_gradients_match_autodiff(num_heads, kernel_conv, conv_form, shifted):
+    """GroupedConv2d's batched-matmul backward (and the fc folding around it) against autodiff,
+    on a map that is not square, for both conv forms and a 5x5 kernel."""
+    rng = np.random.default_rng(0)
+    cell = WindowAttentionACmix(8, 4, num_heads, kernel_conv=kernel_conv)
+    cell.conv_form = conv_form
+    for prm in cell.get_parameters():
+        prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
+    x = Tensor(rng.normal(size=(2, 8, 12, 8)).astype(np.float32))
+    mask = Tensor(shifted_window_mask(8, 12, 4, 2)) if shifted else None
+    cot = Tensor(rng.normal(size=(2, 8, 12, 8)).astype(np.float32))
+    params = cell.trainable_params()
+
+    def grads(forward):
+        def loss(inp):
+            return (forward(inp) * cot).sum()
+        dx, dparams = ms.jit(ms.grad(loss, grad_position=0, weights=params))(x)
+        return [dx.asnumpy()] + [g.asnumpy() for g in dparams]
+
+    def ours(inp):
+        return cell(inp, mask)
+
+    def official(inp):
+        return _official_window_acmix(cell, inp, mask)
+
+    got, want = grads(ours), grads(official)
+    for name, g, r in zip(['x'] + [p.name for p in params], got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * np.abs(r).max(), err_msg=name)

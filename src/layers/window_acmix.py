@@ -8,6 +8,7 @@ path (fc over the 3*heads q/k/v channels, then a shift-initialised grouped convo
 shifted map across window borders and the roll seam, unmasked, with zero padding; the output is
 `rate1 * proj(window_attention) + rate2 * conv`, then proj_drop.
 """
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal, initializer
@@ -34,49 +35,63 @@ def tap_validity(h, w, k, dtype=ms.float32):
     return ops.cat(taps, 0)
 
 
-class GroupedConv2d(nn.Cell):
-    """conv2d(x, weight) with stride 1, zero padding k // 2 and `groups` groups, whose weight
-    gradient is computed by a forward convolution instead of oneDNN's backward-weights kernel.
+def shift_taps(kernel_size):
+    """(k*k, 1, k, k) one-hot kernels: convolving a map with kernel t (zero padding k // 2) gives
+    the map shifted by tap t = a*k + e, out[y, x] = map[y + p - a, x + p - e], p = k // 2."""
+    k, p = kernel_size, kernel_size // 2
+    taps = np.zeros((k * k, 1, k, k), np.float32)
+    for t in range(k * k):
+        a, e = divmod(t, k)
+        taps[t, 0, 2 * p - a, 2 * p - e] = 1.0
+    return taps
 
-    Why: on the 2-core CPU oneDNN runs all three passes with x64:gemm:jit; its backward-weights
-    pass synchronises its two threads many times and collapses when anything else holds a core.
-    Swin-T stage 1 (batch 8, 288 -> 96 channels, 32 groups, 56x56): 59 ms alone, 795 ms next to
-    one busy process (13x), while forward and backward-data slow down 1.2-1.5x and this forward
-    formulation of the same numbers 1.9x (73 -> 140 ms). The weight is an input, not a
-    Parameter, so a caller can build it from other parameters; gradients flow back through it.
+
+class GroupedConv2d(nn.Cell):
+    """Grouped k x k convolution, stride 1, zero padding k // 2, whose backward pass is two
+    batched matmuls instead of oneDNN's convolution backward kernels.
+
+    construct(x, weight): x (B, groups * ipg, H, W), weight (C, ipg, k, k) -> (B, C, H, W). The
+    weight is an input, not a Parameter, so a caller can build it from other parameters; gradients
+    flow back through it.
+
+    Why: inside a Swin-T training step oneDNN runs the grouped convolution's backward passes with
+    x64:gemm:jit far below its forward speed (stage 1, batch 8: backward-data 50 ms and
+    backward-weights 100-120 ms against a 25 ms forward; backward-weights collapses further when
+    another process holds a core). Both gradients contract one tensor with the shifted output
+    gradient D[b, g, (m, t), y, x] = dout[b, g*opg + m, y - a + p, x - e + p] (zero outside the
+    map): dW with the input, dx with the weight. D is built by one convolution with the k*k one-hot
+    kernels of `shift_taps` (a single-channel convolution oneDNN runs fast), which also handles
+    the borders; slicing the spatial axes instead is several times slower on CPU.
     """
 
     def __init__(self, out_channels, kernel_size, groups):
         super().__init__()
+        if out_channels % groups:
+            raise ValueError(f'out_channels ({out_channels}) must be divisible by groups ({groups})')
         self.groups = groups
-        self.pad = kernel_size // 2
-        self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=self.pad, group=groups)
-        self.grad_input = ops.Conv2DBackpropInput(out_channels, kernel_size, pad_mode='pad', pad=self.pad,
-                                                  group=groups)
+        self.kernel_size = kernel_size
+        pad = kernel_size // 2
+        self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
+        self.shift = ops.Conv2D(kernel_size * kernel_size, kernel_size, pad_mode='pad', pad=pad)
+        self.taps = Tensor(shift_taps(kernel_size))
+        self._matmul_nt = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, weight):
         return self.conv(x, weight)
 
-    def weight_grad(self, x, dout):
-        """dW[o, i, a, e] = sum_{b, y, x} dout[b, o, y, x] * x_pad[b, g*cin + i, y + a, x + e], with
-        o in group g = o // (C / groups): a forward conv whose images are the cin input channels of
-        a group, whose channels are (group, batch) and whose kernel is dout, one group at a time."""
-        b, c, h, w = dout.shape
-        g = self.groups
-        cin = x.shape[1] // g
-        # x (B, g*cin, H, W) -> (cin, g*B, H, W): image i, channel (group, batch)
-        xi = ops.transpose(x.reshape(b, g, cin, h, w), (2, 1, 0, 3, 4)).reshape(cin, g * b, h, w)
-        # dout (B, C, H, W) -> kernel (C, B, H, W); output channel o belongs to group o // (C / g)
-        kernel = ops.transpose(dout, (1, 0, 2, 3))
-        dw = ops.conv2d(xi, kernel, pad_mode='pad', padding=self.pad, groups=g)  # (cin, C, k, k)
-        return ops.transpose(dw, (1, 0, 2, 3))
-
     def bprop(self, x, weight, out, dout):
         # (computed even when the weight is frozen, learnable_shift=False; the optimizer skips it)
-        dweight = self.weight_grad(x, dout)
-        # the data gradient after the weight gradient: two oneDNN convolutions run side by side
-        # compete for the same two threads (stage 1: 0.9 s together against 0.18 s in turn)
-        dx = self.grad_input(ops.depend(dout, dweight), weight, x.shape)
+        b, cin, h, w = x.shape
+        c, k2, g = dout.shape[1], self.kernel_size * self.kernel_size, self.groups
+        ipg, opg = cin // g, c // g
+        # (B*C, 1, H, W) -> (B*C, k2, H, W) = (B, g, opg*k2, H*W): rows (m, t)
+        d = self.shift(dout.reshape(b * c, 1, h, w), self.taps.astype(dout.dtype)).reshape(b, g, opg * k2, h * w)
+        # dW[g, (m, t), i] = sum_{b, y, x} D[b, g, (m, t), y, x] * x[b, g*ipg + i, y, x]
+        dweight = self._matmul_nt(d, x.reshape(b, g, ipg, h * w)).sum(0)
+        dweight = ops.transpose(dweight.reshape(g, opg, k2, ipg), (0, 1, 3, 2)).reshape(weight.shape)
+        # dx[b, g*ipg + i] = sum_{(m, t)} weight[g*opg + m, i, t] * D[b, g, (m, t)]
+        wt = ops.transpose(weight.reshape(g, opg, ipg, k2), (0, 2, 1, 3)).reshape(1, g, ipg, opg * k2)
+        dx = ops.matmul(ops.tile(wt, (b, 1, 1, 1)), d).reshape(x.shape)
         return dx, dweight
 
 
