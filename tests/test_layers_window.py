@@ -141,23 +141,20 @@ def _official_window_acmix(cell, x, mask):
     return cell.rate1 * cell._window_attention(qkv, mask) + cell.rate2 * conv
 
 
-@pytest.mark.parametrize('num_heads,kernel_conv,conv_form,shifted', [
-    (2, 3, 'fused', True),
-    (2, 3, 'separate', False),
-    (4, 3, 'separate', True),
-    (4, 5, 'fused', False),
+@pytest.mark.parametrize('dim,num_heads,kernel_conv,shifted,qkv_bias', [
+    (8, 2, 3, True, True), (8, 4, 5, False, True), (8, 2, 3, False, False),
+    (24, 12, 3, True, True),  # more outputs than inputs per conv group: the other weight-gradient form
 ])
-def test_window_acmix_gradients_match_autodiff(num_heads, kernel_conv, conv_form, shifted):
-    """GroupedConv2d's batched-matmul backward (and the fc folding around it) against autodiff,
-    on a map that is not square, for both conv forms and a 5x5 kernel."""
+def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias):
+    """GroupedConv2d's batched-matmul backward, and the fc folded into the qkv projection,
+    against autodiff of the official formulation, on a map that is not square, with 5x5 too."""
     rng = np.random.default_rng(0)
-    cell = WindowAttentionACmix(8, 4, num_heads, kernel_conv=kernel_conv)
-    cell.conv_form = conv_form
+    cell = WindowAttentionACmix(dim, 4, num_heads, qkv_bias=qkv_bias, kernel_conv=kernel_conv)
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
-    x = Tensor(rng.normal(size=(2, 8, 12, 8)).astype(np.float32))
+    x = Tensor(rng.normal(size=(2, 8, 12, dim)).astype(np.float32))
     mask = Tensor(shifted_window_mask(8, 12, 4, 2)) if shifted else None
-    cot = Tensor(rng.normal(size=(2, 8, 12, 8)).astype(np.float32))
+    cot = Tensor(rng.normal(size=(2, 8, 12, dim)).astype(np.float32))
     params = cell.trainable_params()
 
     def grads(forward):

@@ -23,32 +23,20 @@ def dense(in_features, out_features, has_bias=True):
                     bias_init='zeros', has_bias=has_bias)
 
 
-def tap_validity(h, w, k, dtype=ms.float32):
-    """(k*k, h*w) tensor: 1 where tap t = a*k + e of a k x k kernel centred on pixel p (zero
-    padding k // 2) falls inside the h x w map, else 0. Built from constants in the graph."""
-    p = k // 2
-    ones = ops.pad(ops.ones((h, w), dtype), (p, p, p, p))  # (h + 2p, w + 2p)
-    taps = ()
-    for t in range(k * k):
-        a, e = t // k, t % k
-        taps = taps + (ones[a:a + h, e:e + w].reshape(1, h * w),)
-    return ops.cat(taps, 0)
-
-
-def shift_taps(kernel_size):
-    """(k*k, 1, k, k) one-hot kernels: convolving a map with kernel t (zero padding k // 2) gives
-    the map shifted by tap t = a*k + e, out[y, x] = map[y + p - a, x + p - e], p = k // 2."""
+def shift_taps(kernel_size, sign):
+    """(k*k, 1, k, k) one-hot kernels: convolving a map with kernel t = a*k + e (zero padding
+    p = k // 2) shifts it, out[y, x] = map[y + sign * (a - p), x + sign * (e - p)]."""
     k, p = kernel_size, kernel_size // 2
     taps = np.zeros((k * k, 1, k, k), np.float32)
     for t in range(k * k):
         a, e = divmod(t, k)
-        taps[t, 0, 2 * p - a, 2 * p - e] = 1.0
+        taps[t, 0, p + sign * (a - p), p + sign * (e - p)] = 1.0
     return taps
 
 
 class GroupedConv2d(nn.Cell):
-    """Grouped k x k convolution, stride 1, zero padding k // 2, whose backward pass is two
-    batched matmuls instead of oneDNN's convolution backward kernels.
+    """Grouped k x k convolution, stride 1, zero padding k // 2, whose backward pass avoids
+    oneDNN's convolution backward kernels.
 
     construct(x, weight): x (B, groups * ipg, H, W), weight (C, ipg, k, k) -> (B, C, H, W). The
     weight is an input, not a Parameter, so a caller can build it from other parameters; gradients
@@ -57,11 +45,13 @@ class GroupedConv2d(nn.Cell):
     Why: inside a Swin-T training step oneDNN runs the grouped convolution's backward passes with
     x64:gemm:jit far below its forward speed (stage 1, batch 8: backward-data 50 ms and
     backward-weights 100-120 ms against a 25 ms forward; backward-weights collapses further when
-    another process holds a core). Both gradients contract one tensor with the shifted output
-    gradient D[b, g, (m, t), y, x] = dout[b, g*opg + m, y - a + p, x - e + p] (zero outside the
-    map): dW with the input, dx with the weight. D is built by one convolution with the k*k one-hot
-    kernels of `shift_taps` (a single-channel convolution oneDNN runs fast), which also handles
-    the borders; slicing the spatial axes instead is several times slower on CPU.
+    another process holds a core). Here the data gradient is a forward convolution of dout with
+    the transposed, flipped weight, and the weight gradient one batched matmul over (batch, group):
+    dW[o, i, t] = sum_q dout[o, q] * x[i, q + s_t] contracts dout with the k*k shifted copies of x,
+    or, equally, the shifted copies of dout with x; whichever of the two has fewer channels per
+    group is shifted. The shifted copies come from one single-channel convolution with the one-hot
+    kernels of `shift_taps` (fast in oneDNN, borders included; slicing the spatial axes instead is
+    several times slower on CPU).
     """
 
     def __init__(self, out_channels, kernel_size, groups):
@@ -70,29 +60,41 @@ class GroupedConv2d(nn.Cell):
             raise ValueError(f'out_channels ({out_channels}) must be divisible by groups ({groups})')
         self.groups = groups
         self.kernel_size = kernel_size
-        pad = kernel_size // 2
+        k2, pad = kernel_size * kernel_size, kernel_size // 2
         self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
-        self.shift = ops.Conv2D(kernel_size * kernel_size, kernel_size, pad_mode='pad', pad=pad)
-        self.taps = Tensor(shift_taps(kernel_size))
+        self.shift = ops.Conv2D(k2, kernel_size, pad_mode='pad', pad=pad)
+        self.taps_forward = Tensor(shift_taps(kernel_size, 1))
+        self.taps_backward = Tensor(shift_taps(kernel_size, -1))
+        self.flip = Tensor(np.arange(k2)[::-1].copy(), ms.int32)  # tap t -> k*k - 1 - t
         self._matmul_nt = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, weight):
         return self.conv(x, weight)
 
+    def _shifted(self, x, taps):
+        """(B, C, H, W) -> (B, C * k2, H * W): channel c * k2 + t holds x shifted by tap t."""
+        b, c, h, w = x.shape
+        return self.shift(x.reshape(b * c, 1, h, w), taps.astype(x.dtype)).reshape(b, c * taps.shape[0], h * w)
+
     def bprop(self, x, weight, out, dout):
         # (computed even when the weight is frozen, learnable_shift=False; the optimizer skips it)
         b, cin, h, w = x.shape
-        c, k2, g = dout.shape[1], self.kernel_size * self.kernel_size, self.groups
-        ipg, opg = cin // g, c // g
-        # (B*C, 1, H, W) -> (B*C, k2, H, W) = (B, g, opg*k2, H*W): rows (m, t)
-        d = self.shift(dout.reshape(b * c, 1, h, w), self.taps.astype(dout.dtype)).reshape(b, g, opg * k2, h * w)
-        # dW[g, (m, t), i] = sum_{b, y, x} D[b, g, (m, t), y, x] * x[b, g*ipg + i, y, x]
-        dweight = self._matmul_nt(d, x.reshape(b, g, ipg, h * w)).sum(0)
-        dweight = ops.transpose(dweight.reshape(g, opg, k2, ipg), (0, 1, 3, 2)).reshape(weight.shape)
-        # dx[b, g*ipg + i] = sum_{(m, t)} weight[g*opg + m, i, t] * D[b, g, (m, t)]
-        wt = ops.transpose(weight.reshape(g, opg, ipg, k2), (0, 2, 1, 3)).reshape(1, g, ipg, opg * k2)
-        dx = ops.matmul(ops.tile(wt, (b, 1, 1, 1)), d).reshape(x.shape)
-        return dx, dweight
+        c, k, g = dout.shape[1], self.kernel_size, self.groups
+        k2, ipg, opg = k * k, cin // g, c // g
+        # dx = conv(dout, w'), w'[g*ipg + i, m, t] = weight[g*opg + m, i, k2 - 1 - t]
+        wt = ops.transpose(weight.reshape(g, opg, ipg, k2), (0, 2, 1, 3)).reshape(cin * opg, k2)
+        wt = ops.gather(wt, self.flip, 1).reshape(cin, opg, k, k)
+        dx = ops.conv2d(dout, wt, pad_mode='pad', padding=k // 2, groups=g)
+        if opg <= ipg:
+            # D[b, g, (m, t), q] = dout[b, g*opg + m, q - s_t]; dW[g, (m, t), i] = sum_{b, q} D * x
+            d = self._shifted(dout, self.taps_backward).reshape(b, g, opg * k2, h * w)
+            dweight = self._matmul_nt(d, x.reshape(b, g, ipg, h * w)).sum(0)
+            dweight = ops.transpose(dweight.reshape(g, opg, k2, ipg), (0, 1, 3, 2))
+        else:
+            # S[b, g, (i, t), q] = x[b, g*ipg + i, q + s_t]; dW[g, m, (i, t)] = sum_{b, q} dout * S
+            s = self._shifted(x, self.taps_forward).reshape(b, g, ipg * k2, h * w)
+            dweight = self._matmul_nt(dout.reshape(b, g, opg, h * w), s).sum(0)
+        return dx, dweight.reshape(weight.shape)
 
 
 class WindowAttention(nn.Cell):
@@ -199,13 +201,8 @@ class WindowAttentionACmix(WindowAttention):
                                       padding=kernel_conv // 2, group=self.head_dim, has_bias=False,
                                       weight_init=Tensor(shift_kernels(dim, kernel_conv)))
             self.dep_conv.weight.requires_grad = learnable_shift
-            # fc is linear, so it folds into the grouped convolution: 'fused' runs one conv with
-            # 3*heads input channels per group, 'separate' the fc as a matmul, then the conv with
-            # k2 per group. Fused saves the fc and a transpose but its conv costs 3*heads/k2 times
-            # as much; it wins when 3*heads <= k2 (Swin-T stage 1). Both give the same numbers.
-            self.conv_form = 'fused' if 3 * num_heads <= k2 else 'separate'
             self.grouped_conv = GroupedConv2d(dim, kernel_conv, self.head_dim)
-            self._matmul_t = ops.MatMul(transpose_b=True)
+            self._matmul_nt = ops.BatchMatMul(transpose_b=True)
         if self.use_att and self.use_conv:
             self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
             self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
@@ -214,50 +211,43 @@ class WindowAttentionACmix(WindowAttention):
         if self.use_att:
             super()._init_attention(attn_drop)
 
-    def _convolution(self, qkv, out_scale=None):
-        """qkv (B, H, W, 3C) -> convolution path (B, H, W, C), on the whole map, multiplied by
-        out_scale (a (1,) tensor) when given, folded into the fc weights."""
-        b, h, w, c3 = qkv.shape
+    def _convolution(self, x, out_scale=None):
+        """x (B, H, W, C), the map qkv is computed from -> convolution path (B, H, W, C), on the
+        whole map, multiplied by out_scale (a (1,) tensor) when given, folded into the fc weights.
+
+        The fc input is qkv, which is linear in x, so f = fc(qkv) is one projection of x, with
+        weights fc_w @ W_qkv built per step from the official parameters. Computing f from x as a
+        batched matmul that writes the (B, hd*k2, H, W) map the grouped convolution reads costs
+        less on CPU than transposing the 3x wider (B, H, W, 3C) qkv map (matmuls run near peak
+        here, element-wise transposes at a few GB/s).
+        """
+        b, h, w, c = x.shape
         nh, hd, k = self.num_heads, self.head_dim, self.kernel_conv
-        k2, c = k * k, c3 // 3
+        k2 = k * k
         fc_w = self.fc.weight.reshape(k2, 3 * nh)  # (k2, 3nh): input i = s*nh + head, s in (q, k, v)
         fc_b = self.fc.bias
         if out_scale is not None:  # conv(scale * f) = scale * conv(f): scale the small fc instead
             fc_w, fc_b = fc_w * out_scale, fc_b * out_scale
-        dep_w = self.dep_conv.weight  # (C, k2, k, k); output o = d * nh + m is in group d
-        if self.conv_form == 'fused':
-            # weight[o, i, :, :] = sum_j dep_w[o, j, :, :] * fc_w[j, i]  -> (C, 3nh, k, k)
-            wt = ops.transpose(dep_w, (0, 2, 3, 1)).reshape(c * k2, k2)  # (C*k*k, k2)
-            weight = ops.transpose(ops.matmul(wt, fc_w).reshape(c, k, k, 3 * nh), (0, 3, 1, 2))
-            # (B, H, W, 3nh, hd) -> (B, hd, 3nh, H, W): group d holds the 3nh channels of dim d
-            x = ops.transpose(qkv.reshape(b, h, w, 3 * nh, hd), (0, 4, 3, 1, 2)).reshape(b, hd * 3 * nh, h, w)
-            fc_b_taps = ops.matmul(wt, fc_b.reshape(k2, 1)).reshape(c, k2)  # (C, k2), tap t = a*k + e
-        else:
-            # fc as a matmul over the 3nh channels of each (token, dim d):
-            # (B*H*W, 3nh, hd) -> (B*H*W, hd, 3nh) @ fc_w.T -> (B*H*W*hd, k2)
-            f = qkv.reshape(b * h * w, 3 * nh, hd).swapaxes(1, 2).reshape(-1, 3 * nh)
-            f = ops.bias_add(self._matmul_t(f, fc_w), fc_b)
-            # (B, H, W, hd*k2) -> (B, hd*k2, H, W): channel d*k2 + j, the dep_conv input order
-            x = ops.transpose(f.reshape(b, h, w, hd * k2), (0, 3, 1, 2))
-            weight, fc_b_taps = dep_w, None
-        out = self.grouped_conv(x, weight)  # (B, C, H, W)
-        out = ops.transpose(out, (0, 2, 3, 1))  # (B, H, W, C)
-        if fc_b_taps is not None:
-            # The fc output is zero-padded, so its bias reaches pixel p only through the taps that
-            # stay inside the map: bias_map[p, o] = sum_t valid[t, p] * fc_b_taps[o, t].
-            valid = tap_validity(h, w, k, out.dtype)  # (k2, H*W)
-            bias_map = ops.matmul(valid.swapaxes(0, 1), fc_b_taps.swapaxes(0, 1))  # (H*W, C)
-            out = ops.bias_add(out.reshape(b, h * w * c), bias_map.reshape(-1)).reshape(b, h, w, c)
-        return out
+        # qkv channel i*hd + d; f channel d*k2 + j, the dep_conv input order (group d)
+        # f[d*k2 + j] = sum_i fc_w[j, i] * (W_qkv[i*hd + d] . x + b_qkv[i*hd + d]) + fc_b[j]
+        wf = ops.matmul(fc_w, self.qkv.weight.reshape(3 * nh, hd * c)).reshape(k2, hd, c)
+        wf = ops.transpose(wf, (1, 0, 2)).reshape(1, hd * k2, c)
+        bf = ops.tile(fc_b.reshape(1, k2), (hd, 1))  # (hd, k2)
+        if self.qkv.has_bias:
+            bf = bf + ops.matmul(fc_w, self.qkv.bias.reshape(3 * nh, hd)).swapaxes(0, 1)
+        # (B, H*W, C) -> (B, hd*k2, H*W); the convolution zero-pads f, bias included, as the official one
+        f = self._matmul_nt(ops.tile(wf, (b, 1, 1)), x.reshape(b, h * w, c))
+        f = ops.bias_add(f, bf.reshape(-1)).reshape(b, hd * k2, h, w)
+        out = self.grouped_conv(f, self.dep_conv.weight)  # (B, C, H, W); output o = d*nh + m, group d
+        return ops.transpose(out, (0, 2, 3, 1))
 
     def construct(self, x, mask=None):
-        qkv = self.qkv(x)
         if self.use_att and self.use_conv:
             # rate1 * att + rate2 * conv, with each rate folded into that path's weights: a (1,)
             # rate times a (B, H, W, C) map would be a slow broadcasting Mul on CPU
-            out = self._window_attention(qkv, mask, self.rate1) + self._convolution(qkv, self.rate2)
+            out = self._window_attention(self.qkv(x), mask, self.rate1) + self._convolution(x, self.rate2)
         elif self.use_att:
-            out = self._window_attention(qkv, mask)
+            out = self._window_attention(self.qkv(x), mask)
         else:
-            out = self._convolution(qkv)
+            out = self._convolution(x)
         return self.proj_drop(out)
