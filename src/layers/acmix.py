@@ -43,6 +43,12 @@ def shift_kernels(out_channels, kernel_size):
     return np.tile(kernel[None], (out_channels, 1, 1, 1))
 
 
+def mirrored_taps(kernel_size):
+    """int32 index k*k - 1 - t for tap t = a*k + e: gathering a flattened k x k kernel with it
+    rotates the kernel by 180 degrees (a convolution's adjoint uses the mirrored taps)."""
+    return Tensor(np.arange(kernel_size * kernel_size)[::-1].copy(), ms.int32)
+
+
 def _check_odd(name, value):
     if not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ValueError(f'{name} must be a positive odd integer, got {value!r}')
@@ -210,7 +216,7 @@ class LocalAttentionACmix(nn.Cell):
                 group=self.head_dim, has_bias=False,
                 weight_init=Tensor(shift_kernels(out_planes, kernel_conv)))
             self.dep_conv.weight.requires_grad = learnable_shift
-            self.mirrored_taps = Tensor(np.arange(kernel_conv * kernel_conv)[::-1].copy(), ms.int32)
+            self.mirrored_taps = mirrored_taps(kernel_conv)
             self.bmm = ops.BatchMatMul()
         self.swap = _SwapLastAxes()  # no parameters
         if self.use_att and self.use_conv:

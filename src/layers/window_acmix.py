@@ -8,12 +8,11 @@ path (fc over the 3*heads q/k/v channels, then a shift-initialised grouped convo
 shifted map across window borders and the roll seam, unmasked, with zero padding; the output is
 `rate1 * proj(window_attention) + rate2 * conv`, then proj_drop.
 """
-import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from .acmix import ACMIX_PATHS, shift_kernels, _check_odd
+from .acmix import ACMIX_PATHS, mirrored_taps, shift_kernels, _check_odd
 from .window_ops import relative_position_index, window_partition, window_reverse
 
 
@@ -21,17 +20,6 @@ def dense(in_features, out_features, has_bias=True):
     """nn.Dense with Swin's init: trunc_normal(std=.02) weights, zero bias."""
     return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(0.02),
                     bias_init='zeros', has_bias=has_bias)
-
-
-def shift_taps(kernel_size, sign):
-    """(k*k, 1, k, k) one-hot kernels: convolving a map with kernel t = a*k + e (zero padding
-    p = k // 2) shifts it, out[y, x] = map[y + sign * (a - p), x + sign * (e - p)]."""
-    k, p = kernel_size, kernel_size // 2
-    taps = np.zeros((k * k, 1, k, k), np.float32)
-    for t in range(k * k):
-        a, e = divmod(t, k)
-        taps[t, 0, p + sign * (a - p), p + sign * (e - p)] = 1.0
-    return taps
 
 
 class GroupedConv2d(nn.Cell):
@@ -49,9 +37,9 @@ class GroupedConv2d(nn.Cell):
     the transposed, flipped weight, and the weight gradient one batched matmul over (batch, group):
     dW[o, i, t] = sum_q dout[o, q] * x[i, q + s_t] contracts dout with the k*k shifted copies of x,
     or, equally, the shifted copies of dout with x; whichever of the two has fewer channels per
-    group is shifted. The shifted copies come from one single-channel convolution with the one-hot
-    kernels of `shift_taps` (fast in oneDNN, borders included; slicing the spatial axes instead is
-    several times slower on CPU).
+    group is shifted. The shifted copies come from one single-channel convolution with the k*k
+    one-hot kernels of `shift_kernels` (fast in oneDNN, borders included; slicing the spatial axes
+    instead is several times slower on CPU).
     """
 
     def __init__(self, out_channels, kernel_size, groups):
@@ -63,9 +51,12 @@ class GroupedConv2d(nn.Cell):
         k2, pad = kernel_size * kernel_size, kernel_size // 2
         self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
         self.shift = ops.Conv2D(k2, kernel_size, pad_mode='pad', pad=pad)
-        self.taps_forward = Tensor(shift_taps(kernel_size, 1))
-        self.taps_backward = Tensor(shift_taps(kernel_size, -1))
-        self.flip = Tensor(np.arange(k2)[::-1].copy(), ms.int32)  # tap t -> k*k - 1 - t
+        # Tap t = a*k + e: kernel t shifts a map by s_t, out[y, x] = map[y + a - p, x + e - p];
+        # the mirrored kernels shift by -s_t.
+        taps = shift_kernels(1, kernel_size).reshape(k2, 1, kernel_size, kernel_size)
+        self.taps_forward = Tensor(taps)
+        self.taps_backward = Tensor(taps[::-1].copy())
+        self.flip = mirrored_taps(kernel_size)
         self._matmul_nt = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x, weight):
