@@ -45,9 +45,10 @@ class GroupedConv2d(nn.Cell):
     The forward pass picks the cheaper of two equal computations. oneDNN's forward kernel copies
     k*k*ipg values per pixel and group (im2col) before its matmul; a transposed convolution of x
     with the transposed, flipped weight (oneDNN's backward-data kernel) writes k*k*opg values per
-    pixel and group and then accumulates them (col2im), which costs about twice as much per value.
-    So the transposed form is used when 2 * opg < ipg: Swin-T stage 1 (opg 3, ipg 9) at batch 8
-    drops from about 30 to 19 ms per block, while stage 2 (opg 6) is faster in the forward form.
+    pixel and group and then accumulates them (col2im), which costs more per value. Measured in
+    the Swin-T inference profile at batch 8, stage 1 (opg 3, ipg 9) drops from 29-36 to 19-20 ms
+    per block, while stage 2 (opg 6) and stage 3 (opg 12) are faster in the forward form; hence
+    the transposed form when 2 * opg < ipg.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, groups):
