@@ -143,11 +143,14 @@ def _official_window_acmix(cell, x, mask):
 
 @pytest.mark.parametrize('dim,num_heads,kernel_conv,shifted,qkv_bias', [
     (8, 2, 3, True, True), (8, 4, 5, False, True), (8, 2, 3, False, False),
-    (24, 12, 3, True, True),  # more outputs than inputs per conv group: the other weight-gradient form
+    # dim 8: the transposed forward kernel; dim 24 (more outputs than inputs per conv group): the
+    # forward kernel and the other weight-gradient form
+    (24, 12, 3, True, True),
 ])
 def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias):
-    """GroupedConv2d's batched-matmul backward, and the fc folded into the qkv projection,
-    against autodiff of the official formulation, on a map that is not square, with 5x5 too."""
+    """GroupedConv2d (both forward kernels, its batched-matmul backward) and the fc folded into
+    the qkv projection against autodiff of the official formulation, on a map that is not
+    square, with 5x5 too."""
     rng = np.random.default_rng(0)
     cell = WindowAttentionACmix(dim, 4, num_heads, qkv_bias=qkv_bias, kernel_conv=kernel_conv)
     for prm in cell.get_parameters():

@@ -48,7 +48,7 @@ class GroupedConv2d(nn.Cell):
     pixel and group and then accumulates them (col2im), which costs more per value. Measured in
     the Swin-T inference profile at batch 8, stage 1 (opg 3, ipg 9) drops from 29-36 to 19-20 ms
     per block, while stage 2 (opg 6) and stage 3 (opg 12) are faster in the forward form; hence
-    the transposed form when 2 * opg < ipg.
+    the transposed form when 2 * opg < ipg, decided once from the channel counts.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, groups):
@@ -59,8 +59,11 @@ class GroupedConv2d(nn.Cell):
         self.groups = groups
         self.kernel_size = kernel_size
         k2, pad = kernel_size * kernel_size, kernel_size // 2
-        self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
-        self.conv_t = ops.Conv2DBackpropInput(in_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
+        self.transposed_forward = 2 * out_channels < in_channels  # 2 * opg < ipg: see the class docstring
+        if self.transposed_forward:
+            self.conv_t = ops.Conv2DBackpropInput(in_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
+        else:
+            self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode='pad', pad=pad, group=groups)
         self.shift = ops.Conv2D(k2, kernel_size, pad_mode='pad', pad=pad)
         # Tap t = a*k + e: kernel t shifts a map by s_t, out[y, x] = map[y + a - p, x + e - p];
         # the mirrored kernels shift by -s_t.
@@ -70,20 +73,19 @@ class GroupedConv2d(nn.Cell):
         self.flip = mirrored_taps(kernel_size)
         self._matmul_nt = ops.BatchMatMul(transpose_b=True)
 
-    def _transposed_weight(self, weight, in_channels):
-        """(C, ipg, k, k) -> w' (in_channels, opg, k, k), w'[g*ipg + i, m, t] = weight[g*opg + m, i, k2 - 1 - t]:
+    def _transposed_weight(self, weight):
+        """(C, ipg, k, k) -> w' (groups*ipg, opg, k, k), w'[g*ipg + i, m, t] = weight[g*opg + m, i, k2 - 1 - t]:
         conv(dout, w') is the data gradient of conv(x, weight), and the transposed convolution
         of x with w' equals conv(x, weight)."""
         g, k = self.groups, self.kernel_size
         opg, ipg = weight.shape[0] // g, weight.shape[1]
-        wt = ops.transpose(weight.reshape(g, opg, ipg, k * k), (0, 2, 1, 3)).reshape(in_channels * opg, k * k)
-        return ops.gather(wt, self.flip, 1).reshape(in_channels, opg, k, k)
+        wt = ops.transpose(weight.reshape(g, opg, ipg, k * k), (0, 2, 1, 3)).reshape(g * ipg * opg, k * k)
+        return ops.gather(wt, self.flip, 1).reshape(g * ipg, opg, k, k)
 
     def construct(self, x, weight):
-        b, cin, h, w = x.shape
-        c = weight.shape[0]
-        if 2 * c < cin:  # 2 * opg < ipg, see the class docstring
-            return self.conv_t(x, self._transposed_weight(weight, cin), (b, c, h, w))
+        if self.transposed_forward:
+            b, _, h, w = x.shape
+            return self.conv_t(x, self._transposed_weight(weight), (b, weight.shape[0], h, w))
         return self.conv(x, weight)
 
     def _shifted(self, x, taps):
@@ -96,7 +98,7 @@ class GroupedConv2d(nn.Cell):
         b, cin, h, w = x.shape
         c, k, g = dout.shape[1], self.kernel_size, self.groups
         k2, ipg, opg = k * k, cin // g, c // g
-        dx = ops.conv2d(dout, self._transposed_weight(weight, cin), pad_mode='pad', padding=k // 2, groups=g)
+        dx = ops.conv2d(dout, self._transposed_weight(weight), pad_mode='pad', padding=k // 2, groups=g)
         if opg <= ipg:
             # D[b, g, (m, t), q] = dout[b, g*opg + m, q - s_t]; dW[g, (m, t), i] = sum_{b, q} D * x
             d = self._shifted(dout, self.taps_backward).reshape(b, g, opg * k2, h * w)
