@@ -29,3 +29,7 @@ def test_rounds_take_medians_and_ratios_pair_twins():
     merged = combine_rounds(rounds)
     assert merged[0]['step_s'] == 3.0 and merged[0]['peak_rss_gb'] == 3.0 and merged[0]['images_per_s'] == 2.667
     assert format_ratios(merged) == 'acmix_x / x train: step time x3.00, peak memory x3.00'
+    # the plain twin drifts between rounds: the per-round pairs give their own ratios
+    rounds[1][1]['step_s'] = 2.0
+    assert format_ratios(combine_rounds(rounds), rounds) == (
+        'acmix_x / x train: step time x3.00, peak memory x3.00; per-round step time x2.00 to x3.00, median x2.00')

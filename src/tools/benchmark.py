@@ -7,7 +7,9 @@ Each run builds the model, compiles and runs `--warmup` steps (the first one's t
 as compile_s), then times `--steps` steps and reports the median. Peak memory is the process's
 maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
 between runs and machines; compare architectures side by side in one run (with --rounds the runs are
-interleaved and medians reported), and the printed acmix_X / X ratios do that.
+interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a round the
+models run mode by mode, so an ACmix model listed next to its plain twin runs back to back with it; with several
+rounds the ratio lines also give the spread of these per-round ratios.
 """
 import argparse
 import json
@@ -91,16 +93,29 @@ def format_table(records):
     return '\n'.join(rows)
 
 
-def format_ratios(records):
+def format_ratios(records, rounds=()):
     """'acmix_X / X' lines: step-time and peak-memory ratios of each ACmix model to its plain twin
-    measured in the same run."""
+    measured in the same run. With several rounds (the per-round record lists), each line also gives
+    the range and median of the per-round step-time ratios: the twins of a round ran back to back, so
+    these pairs are the ones least affected by the machine's speed drifting between rounds."""
+    import numpy as np
     found = {(r['arch'], r['mode']): r for r in records if 'error' not in r}
     lines = []
     for (arch, mode), r in found.items():
         plain = found.get((arch[len('acmix_'):], mode)) if arch.startswith('acmix_') else None
-        if plain:
-            lines.append(f'{arch} / {plain["arch"]} {mode}: step time x{r["step_s"] / plain["step_s"]:.2f}, '
-                         f'peak memory x{r["peak_rss_gb"] / plain["peak_rss_gb"]:.2f}')
+        if not plain:
+            continue
+        line = (f'{arch} / {plain["arch"]} {mode}: step time x{r["step_s"] / plain["step_s"]:.2f}, '
+                f'peak memory x{r["peak_rss_gb"] / plain["peak_rss_gb"]:.2f}')
+        paired = []
+        for records_of_round in rounds:
+            by_key = {(q['arch'], q['mode']): q for q in records_of_round if 'error' not in q}
+            if (arch, mode) in by_key and (plain['arch'], mode) in by_key:
+                paired.append(by_key[(arch, mode)]['step_s'] / by_key[(plain['arch'], mode)]['step_s'])
+        if len(paired) > 1:
+            line += (f'; per-round step time x{min(paired):.2f} to x{max(paired):.2f}, '
+                     f'median x{float(np.median(paired)):.2f}')
+        lines.append(line)
     return '\n'.join(lines)
 
 
@@ -153,16 +168,18 @@ def main(argv=None):
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
     rounds = []
     for round_index in range(args.rounds):
-        records = []
-        for arch in args.arch:
-            for mode in args.mode:
+        # Mode by mode, so that an ACmix model and its plain twin run back to back in the same mode
+        # (the machine's speed drifts over minutes); the records keep the arch-by-arch order.
+        measured = {}
+        for mode in args.mode:
+            for arch in args.arch:
                 print(f'[benchmark] round {round_index + 1}/{args.rounds}: {arch} {mode} batch {args.batch_size} '
                       f'at {args.image_size}px ...', file=sys.stderr, flush=True)
-                records.append(run_isolated(arch, mode, args))
-        rounds.append(records)
+                measured[(arch, mode)] = run_isolated(arch, mode, args)
+        rounds.append([measured[(arch, mode)] for arch in args.arch for mode in args.mode])
     records = combine_rounds(rounds)
     print(format_table(records))
-    ratios = format_ratios(records)
+    ratios = format_ratios(records, rounds)
     if ratios:
         print(ratios)
     if args.json:
