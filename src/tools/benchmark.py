@@ -8,8 +8,8 @@ as compile_s), then times `--steps` steps and reports the median. Peak memory is
 maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
 between runs and machines; compare architectures side by side in one run (with --rounds the runs are
 interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a round the
-models run mode by mode, so an ACmix model listed next to its plain twin runs back to back with it; with several
-rounds the ratio lines also give the spread of these per-round ratios.
+models run mode by mode, so an ACmix model listed next to its plain twin runs back to back with
+it; with several rounds the ratio lines also give the spread of these per-round ratios.
 """
 import argparse
 import json
