@@ -93,13 +93,19 @@ def format_table(records):
     return '\n'.join(rows)
 
 
+def _measured(records):
+    """{(arch, mode): record} of the records that did not fail."""
+    return {(r['arch'], r['mode']): r for r in records if 'error' not in r}
+
+
 def format_ratios(records, rounds=()):
     """'acmix_X / X' lines: step-time and peak-memory ratios of each ACmix model to its plain twin
     measured in the same run. With several rounds (the per-round record lists), each line also gives
     the range and median of the per-round step-time ratios: the twins of a round ran back to back, so
     these pairs are the ones least affected by the machine's speed drifting between rounds."""
     import numpy as np
-    found = {(r['arch'], r['mode']): r for r in records if 'error' not in r}
+    found = _measured(records)
+    per_round = [_measured(records_of_round) for records_of_round in rounds]
     lines = []
     for (arch, mode), r in found.items():
         plain = found.get((arch[len('acmix_'):], mode)) if arch.startswith('acmix_') else None
@@ -107,11 +113,8 @@ def format_ratios(records, rounds=()):
             continue
         line = (f'{arch} / {plain["arch"]} {mode}: step time x{r["step_s"] / plain["step_s"]:.2f}, '
                 f'peak memory x{r["peak_rss_gb"] / plain["peak_rss_gb"]:.2f}')
-        paired = []
-        for records_of_round in rounds:
-            by_key = {(q['arch'], q['mode']): q for q in records_of_round if 'error' not in q}
-            if (arch, mode) in by_key and (plain['arch'], mode) in by_key:
-                paired.append(by_key[(arch, mode)]['step_s'] / by_key[(plain['arch'], mode)]['step_s'])
+        paired = [got[(arch, mode)]['step_s'] / got[(plain['arch'], mode)]['step_s'] for got in per_round
+                  if (arch, mode) in got and (plain['arch'], mode) in got]
         if len(paired) > 1:
             line += (f'; per-round step time x{min(paired):.2f} to x{max(paired):.2f}, '
                      f'median x{float(np.median(paired)):.2f}')
