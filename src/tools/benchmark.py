@@ -3,8 +3,11 @@
     python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
         --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--rounds 3] [--json out.json]
 
-Each run builds the model, compiles and runs `--warmup` steps (the first one's time is reported
-as compile_s), then times `--steps` steps and reports the median. Peak memory is the process's
+Each run builds the model, compiles and runs `--warmup` steps, then times `--steps` steps and
+reports the median. compile_s is graph compilation alone, the time between MindSpore's own
+"Start compiling" and "End compiling" events (INFO messages of its PIPELINE log module, which the
+worker process is started with); first_step_s is the whole first call, compilation plus a first
+execution that is slower than the later ones (memory is allocated and first touched). Peak memory is the process's
 maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
 between runs and machines; compare architectures side by side in one run (with --rounds the runs are
 interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a round the
@@ -14,17 +17,26 @@ it; with several rounds the ratio lines also give the spread of these per-round 
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 RESULT_TAG = 'BENCHMARK_RESULT '
-KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'step_s', 'images_per_s', 'peak_rss_gb')
+KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'first_step_s', 'step_s', 'images_per_s',
+        'peak_rss_gb')
+# MindSpore's log line of a compile event, e.g. "[INFO] PIPELINE(..):2026-11-21-23:15:09.750.671 [..]
+# PrintEventMessage] Start compiling 'step' and it will take a while...", time in ms and us fields
+COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) .*PrintEventMessage\] (Start|End) compiling ')
+# Worker environment that makes MindSpore log those events (and only its PIPELINE module at INFO) to stderr
+COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'}
 
 
 def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
-    """Measure one (arch, mode) in this process; returns a record with KEYS."""
+    """Measure one (arch, mode) in this process; returns a record with KEYS but compile_s, which
+    the parent process reads from this process's log (compile_seconds)."""
     import numpy as np
     import src  # noqa: F401
     import mindspore as ms
@@ -55,14 +67,30 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
         step().asnumpy()  # waits for the device
         return time.perf_counter() - start
 
-    compile_s = timed()
+    first_step_s = timed()
     for _ in range(max(0, warmup - 1)):
         timed()
     step_s = float(np.median([timed() for _ in range(steps)]))
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
     return dict(arch=arch, mode=mode, batch_size=batch_size, image_size=image_size,
-                compile_s=round(compile_s, 3), step_s=round(step_s, 4),
+                first_step_s=round(first_step_s, 3), step_s=round(step_s, 4),
                 images_per_s=round(batch_size / step_s, 3), peak_rss_gb=round(peak_rss_gb, 3))
+
+
+def compile_seconds(log):
+    """Seconds spent in graph compilation according to the compile events in a MindSpore log
+    (nested compiles counted once), or None if the log has no complete one."""
+    total, depth, start = 0.0, 0, None
+    for m in COMPILE_EVENT.finditer(log):
+        t = datetime.strptime(m[1], '%Y-%m-%d-%H:%M:%S').timestamp() + int(m[2]) / 1e3 + int(m[3]) / 1e6
+        if m[4] == 'Start':
+            depth += 1
+            start = t if depth == 1 else start
+        elif depth:
+            depth -= 1
+            if depth == 0:
+                total += t - start
+    return round(total, 3) if start is not None and depth == 0 else None
 
 
 def run_isolated(arch, mode, args):
@@ -71,25 +99,34 @@ def run_isolated(arch, mode, args):
            '--batch_size', str(args.batch_size), '--image_size', str(args.image_size),
            '--device_target', args.device_target, '--warmup', str(args.warmup), '--steps', str(args.steps)]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=dict(os.environ, **COMPILE_LOG_ENV))
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            record = json.loads(line[len(RESULT_TAG):])
+            compile_s = compile_seconds(proc.stderr)
+            if compile_s is None:
+                print(f'[benchmark] no compile events in the log of {arch} {mode}: compile_s is the first '
+                      f'step\'s time', file=sys.stderr, flush=True)
+                compile_s = record['first_step_s']
+            return {key: compile_s if key == 'compile_s' else record[key] for key in KEYS}
+    tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+            if not line.startswith('[INFO]')][-5:]
     reason = 'killed (out of memory?)' if proc.returncode in (-9, 137) else f'exit code {proc.returncode}'
     return dict(arch=arch, mode=mode, batch_size=args.batch_size, image_size=args.image_size,
                 error=reason + ': ' + ' | '.join(tail))
 
 
 def format_table(records):
-    head = f'{"arch":<20} {"mode":<6} {"batch":>5} {"size":>5} {"compile_s":>10} {"step_s":>8} {"img/s":>8} {"peak_GB":>8}'
+    head = (f'{"arch":<20} {"mode":<6} {"batch":>5} {"size":>5} {"compile_s":>10} {"first_s":>8} {"step_s":>8} '
+            f'{"img/s":>8} {"peak_GB":>8}')
     rows = [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
             rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  FAILED: {r["error"]}')
         else:
             rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5} '
-                        f'{r["compile_s"]:>10.1f} {r["step_s"]:>8.3f} {r["images_per_s"]:>8.2f} {r["peak_rss_gb"]:>8.2f}')
+                        f'{r["compile_s"]:>10.1f} {r["first_step_s"]:>8.1f} {r["step_s"]:>8.3f} '
+                        f'{r["images_per_s"]:>8.2f} {r["peak_rss_gb"]:>8.2f}')
     return '\n'.join(rows)
 
 
@@ -123,8 +160,8 @@ def format_ratios(records, rounds=()):
 
 
 def combine_rounds(rounds):
-    """Records of the same (arch, mode) from several rounds -> one: median step and compile time,
-    largest peak memory; failures are kept as they are."""
+    """Records of the same (arch, mode) from several rounds -> one: median step, compile and first
+    step time, largest peak memory; failures are kept as they are."""
     import numpy as np
     merged = []
     for group in zip(*rounds):
@@ -134,7 +171,8 @@ def combine_rounds(rounds):
             continue
         record = dict(ok[0])
         record['step_s'] = round(float(np.median([r['step_s'] for r in ok])), 4)
-        record['compile_s'] = round(float(np.median([r['compile_s'] for r in ok])), 3)
+        for key in ('compile_s', 'first_step_s'):
+            record[key] = round(float(np.median([r[key] for r in ok])), 3)
         record['images_per_s'] = round(record['batch_size'] / record['step_s'], 3)
         record['peak_rss_gb'] = max(r['peak_rss_gb'] for r in ok)
         merged.append(record)
@@ -148,7 +186,7 @@ def main(argv=None):
     parser.add_argument('--batch_size', type=int, default=8)
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps, the first includes compilation')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps; the first (first_step_s) includes compilation')
     parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
     parser.add_argument('--rounds', type=int, default=1,
                         help='measure every (arch, mode) this many times, interleaved, and report medians: '
