@@ -4,15 +4,15 @@
         --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--rounds 3] [--json out.json]
 
 Each run builds the model, compiles and runs `--warmup` steps, then times `--steps` steps and
-reports the median. compile_s is graph compilation alone, the time between MindSpore's own
-"Start compiling" and "End compiling" events (INFO messages of its PIPELINE log module, which the
-worker process is started with); first_step_s is the whole first call, compilation plus a first
-execution that is slower than the later ones (memory is allocated and first touched). Peak memory
-is the process's maximum resident set size, so every (arch, mode) runs in its own process. Absolute times vary
-between runs and machines; compare architectures side by side in one run (with --rounds the runs are
-interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a round the
-models run mode by mode, so an ACmix model listed next to its plain twin runs back to back with
-it; with several rounds the ratio lines also give the spread of these per-round ratios.
+reports the median. compile_s is graph compilation alone, the time between MindSpore's own "Start
+compiling" and "End compiling" events (INFO messages of its PIPELINE log module, which the worker
+process is started with); first_step_s is the whole first call, compilation plus a first execution
+that is slower than the later ones (memory is allocated and first touched). Peak memory is the
+process's maximum resident set size, so every (arch, mode) runs in its own process. Absolute times
+vary between runs and machines; compare architectures side by side in one run (with --rounds the
+runs are interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a
+round the models run mode by mode, so an ACmix model listed next to its plain twin runs back to back
+with it; with several rounds the ratio lines also give the spread of these per-round ratios.
 """
 import argparse
 import json
