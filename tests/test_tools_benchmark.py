@@ -26,8 +26,8 @@ def test_benchmark_smoke(tmp_path):
 
 def test_rounds_take_medians_and_ratios_pair_twins():
     def rec(arch, step, peak):
-        return dict(arch=arch, mode='train', batch_size=8, image_size=224, compile_s=1.0, first_step_s=2.0, step_s=step,
-                    images_per_s=8 / step, peak_rss_gb=peak)
+        return dict(arch=arch, mode='train', batch_size=8, image_size=224, compile_s=1.0, first_step_s=2.0,
+                    step_s=step, images_per_s=8 / step, peak_rss_gb=peak)
     rounds = [[rec('acmix_x', s, p), rec('x', 1.0, 1.0)] for s, p in ((2.0, 3.0), (4.0, 2.0), (3.0, 2.5))]
     merged = combine_rounds(rounds)
     assert merged[0]['step_s'] == 3.0 and merged[0]['peak_rss_gb'] == 3.0 and merged[0]['images_per_s'] == 2.667

@@ -35,8 +35,8 @@ COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'
 
 
 def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
-    """Measure one (arch, mode) in this process; returns a record with KEYS but compile_s, which
-    the parent process reads from this process's log (compile_seconds)."""
+    """Measure one (arch, mode) in this process; returns a record with KEYS, compile_s None: the
+    parent process reads it from this process's log (compile_seconds)."""
     import numpy as np
     import src  # noqa: F401
     import mindspore as ms
@@ -73,7 +73,7 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
     step_s = float(np.median([timed() for _ in range(steps)]))
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
     return dict(arch=arch, mode=mode, batch_size=batch_size, image_size=image_size,
-                first_step_s=round(first_step_s, 3), step_s=round(step_s, 4),
+                compile_s=None, first_step_s=round(first_step_s, 3), step_s=round(step_s, 4),
                 images_per_s=round(batch_size / step_s, 3), peak_rss_gb=round(peak_rss_gb, 3))
 
 
@@ -82,14 +82,16 @@ def compile_seconds(log):
     (nested compiles counted once), or None if the log has no complete one."""
     total, depth, start = 0.0, 0, None
     for m in COMPILE_EVENT.finditer(log):
-        t = datetime.strptime(m[1], '%Y-%m-%d-%H:%M:%S').timestamp() + int(m[2]) / 1e3 + int(m[3]) / 1e6
+        # naive datetimes, subtracted: the log's local time never goes through a time zone
+        t = datetime.strptime(f'{m[1]}.{m[2]}{m[3]}', '%Y-%m-%d-%H:%M:%S.%f')
         if m[4] == 'Start':
             depth += 1
-            start = t if depth == 1 else start
+            if depth == 1:
+                start = t
         elif depth:
             depth -= 1
             if depth == 0:
-                total += t - start
+                total += (t - start).total_seconds()
     return round(total, 3) if start is not None and depth == 0 else None
 
 
@@ -103,12 +105,12 @@ def run_isolated(arch, mode, args):
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             record = json.loads(line[len(RESULT_TAG):])
-            compile_s = compile_seconds(proc.stderr)
-            if compile_s is None:
+            record['compile_s'] = compile_seconds(proc.stderr)
+            if record['compile_s'] is None:
                 print(f'[benchmark] no compile events in the log of {arch} {mode}: compile_s is the first '
                       f'step\'s time', file=sys.stderr, flush=True)
-                compile_s = record['first_step_s']
-            return {key: compile_s if key == 'compile_s' else record[key] for key in KEYS}
+                record['compile_s'] = record['first_step_s']
+            return record
     tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
             if not line.startswith('[INFO]')][-5:]
     reason = 'killed (out of memory?)' if proc.returncode in (-9, 137) else f'exit code {proc.returncode}'
