@@ -20,6 +20,7 @@ from src.config import config_from_args
 from src.tools.cli import run_main
 from src.engine.context import setup_context
 from src.engine.trainer import build_model
+from src.layers.cpu_kernels import kernels_enabled
 from src.tools.weights import load_weights
 
 SUFFIX = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -54,7 +55,8 @@ def main(argv=None):
     setup_context(cfg.device_target, cfg.mode, distributed=False)
     if cfg.file_format == 'AIR' and cfg.device_target != 'Ascend':
         raise SystemExit('error: AIR export needs --device_target Ascend')
-    net = build_model(cfg)
+    with kernels_enabled(False):  # the graph must not call this machine's compiled kernel library
+        net = build_model(cfg)
     if cfg.checkpoint:
         load_weights(net, cfg.checkpoint)
     else:

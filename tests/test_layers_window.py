@@ -1,6 +1,7 @@
 """Swin pieces against NumPy: cyclic shift, window partition/reverse, mask, relative index;
 the ACmix window attention against a NumPy forward of the official equations, and its
-hand-written convolution backward against autodiff of the official formulation."""
+hand-written convolution backward against autodiff of the official formulation, with the
+convolution path both as the CPU kernel and in MindSpore ops."""
 import numpy as np
 import pytest
 import mindspore as ms
@@ -8,6 +9,16 @@ from mindspore import Tensor, nn, ops
 
 from src.layers import (WindowAttention, WindowAttentionACmix, relative_position_index, roll_hw,
                         shifted_window_mask, window_partition, window_reverse)
+from src.layers.cpu_kernels import conv_path_ops, kernels_enabled
+
+
+@pytest.fixture(params=[True, False], ids=['kernel', 'ops'])
+def conv_kernel(request):
+    """Cells built in the test run their convolution path as the CPU kernel, or in ops."""
+    with kernels_enabled(request.param):
+        if request.param and conv_path_ops() is None:
+            pytest.skip('the CPU kernels cannot be built here')
+        yield request.param
 
 
 class _Fn(nn.Cell):
@@ -109,9 +120,10 @@ def reference_window_acmix(cell, x, mask):
 
 
 @pytest.mark.parametrize('paths,shifted', [('both', True), ('both', False), ('conv', False), ('attention', True)])
-def test_window_acmix_matches_numpy(paths, shifted):
+def test_window_acmix_matches_numpy(paths, shifted, conv_kernel):
     rng = np.random.default_rng(0)
     cell = WindowAttentionACmix(8, 4, 2, paths=paths)
+    assert paths == 'attention' or (cell.conv_kernel is not None) == conv_kernel
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
     cell.set_train(False)
@@ -143,16 +155,17 @@ def _official_window_acmix(cell, x, mask):
 
 @pytest.mark.parametrize('dim,num_heads,kernel_conv,shifted,qkv_bias', [
     (8, 2, 3, True, True), (8, 4, 5, False, True), (8, 2, 3, False, False),
-    # dim 8: the transposed forward kernel; dim 24 (more outputs than inputs per conv group): the
-    # forward kernel and the other weight-gradient form
+    # ops: dim 8, the transposed forward kernel; dim 24 (more outputs than inputs per conv group),
+    # the forward kernel and the other weight-gradient form
     (24, 12, 3, True, True),
 ])
-def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias):
-    """GroupedConv2d (both forward kernels, its batched-matmul backward) and the fc folded into
-    the qkv projection against autodiff of the official formulation, on a map that is not
-    square, with 5x5 too."""
+def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias, conv_kernel):
+    """The convolution path, as the CPU kernel or in ops (GroupedConv2d with both forward kernels
+    and its batched-matmul backward, the fc folded into the qkv projection), against autodiff of
+    the official formulation, on a map that is not square, with 5x5 too."""
     rng = np.random.default_rng(0)
     cell = WindowAttentionACmix(dim, 4, num_heads, qkv_bias=qkv_bias, kernel_conv=kernel_conv)
+    assert (cell.conv_kernel is not None) == conv_kernel
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
     x = Tensor(rng.normal(size=(2, 8, 12, dim)).astype(np.float32))

@@ -13,6 +13,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .acmix import ACMIX_PATHS, mirrored_taps, shift_kernels, _check_odd
+from .cpu_kernels import conv_path_ops
 from .window_ops import relative_position_index, window_partition, window_reverse
 
 
@@ -109,6 +110,26 @@ class GroupedConv2d(nn.Cell):
             s = self._shifted(x, self.taps_forward).reshape(b, g, ipg * k2, h * w)
             dweight = self._matmul_nt(dout.reshape(b, g, opg, h * w), s).sum(0)
         return dx, dweight.reshape(weight.shape)
+
+
+class ConvPathKernel(nn.Cell):
+    """The Swin ACmix convolution path, fc over the q/k/v heads then the grouped convolution, as one
+    hand-written CPU kernel pair (`cpu_kernels`, `kernels/acmix_cpu.cc`).
+
+    construct(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2,), dep_w (C, k2, k, k)) -> (B, H, W, C),
+    float32; gradients for all four inputs.
+    """
+
+    def __init__(self, kernel_forward, kernel_backward):
+        super().__init__()
+        self.kernel_forward = kernel_forward
+        self.kernel_backward = kernel_backward
+
+    def construct(self, qkv, fc_w, fc_b, dep_w):
+        return self.kernel_forward(qkv, fc_w, fc_b, dep_w)
+
+    def bprop(self, qkv, fc_w, fc_b, dep_w, out, dout):
+        return self.kernel_backward(qkv, fc_w, fc_b, dep_w, dout)
 
 
 class WindowAttention(nn.Cell):
@@ -217,6 +238,9 @@ class WindowAttentionACmix(WindowAttention):
             self.dep_conv.weight.requires_grad = learnable_shift
             self.grouped_conv = GroupedConv2d(k2 * self.head_dim, dim, kernel_conv, self.head_dim)
             self._matmul_nt = ops.BatchMatMul(transpose_b=True)
+            # On CPU the whole path runs as one kernel; _convolution is the path everywhere else.
+            kernels = conv_path_ops()
+            self.conv_kernel = ConvPathKernel(*kernels) if kernels else None
         if self.use_att and self.use_conv:
             self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
             self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
@@ -255,13 +279,24 @@ class WindowAttentionACmix(WindowAttention):
         out = self.grouped_conv(f, self.dep_conv.weight)  # (B, C, H, W); output o = d*nh + m, group d
         return ops.transpose(out, (0, 2, 3, 1))
 
+    def _conv_path(self, x, qkv, out_scale=None):
+        """The convolution path from x or from qkv = self.qkv(x), whichever the device computes faster."""
+        if self.conv_kernel is None or qkv.dtype != ms.float32:
+            return self._convolution(x, out_scale)
+        k2 = self.kernel_conv * self.kernel_conv
+        fc_w, fc_b = self.fc.weight.reshape(k2, 3 * self.num_heads), self.fc.bias
+        if out_scale is not None:
+            fc_w, fc_b = fc_w * out_scale, fc_b * out_scale
+        return self.conv_kernel(qkv, fc_w, fc_b, self.dep_conv.weight)
+
     def construct(self, x, mask=None):
+        qkv = self.qkv(x)  # (the ops path without attention leaves it unused; graph mode drops it)
         if self.use_att and self.use_conv:
             # rate1 * att + rate2 * conv, with each rate folded into that path's weights: a (1,)
             # rate times a (B, H, W, C) map would be a slow broadcasting Mul on CPU
-            out = self._window_attention(self.qkv(x), mask, self.rate1) + self._convolution(x, self.rate2)
+            out = self._window_attention(qkv, mask, self.rate1) + self._conv_path(x, qkv, self.rate2)
         elif self.use_att:
-            out = self._window_attention(self.qkv(x), mask)
+            out = self._window_attention(qkv, mask)
         else:
-            out = self._convolution(x)
+            out = self._conv_path(x, qkv)
         return self.proj_drop(out)

@@ -1,0 +1,112 @@
+"""Hand-written CPU kernels, compiled on first use and run through `ops.Custom(func_type='aot')`.
+
+One kernel pair so far: the convolution path of the Swin ACmix layer, fc and grouped convolution
+fused (`kernels/acmix_cpu.cc`; its header says why). Layers ask `conv_path_ops()` when they are
+built. It returns None, and the layer keeps its path of MindSpore ops, when
+* the device target is not CPU (the kernels are C++ for the host);
+* the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
+  the environment variable `ACMIX_CPU_KERNELS=0` (export.py builds its model with them off, so a
+  MINDIR never calls a library of the exporting machine);
+* the library cannot be built (no C++ compiler, say); a warning says why, once per process.
+
+The library is compiled with `$CXX` (default g++) into `$ACMIX_KERNEL_CACHE` (default
+`~/.cache/acmix_mindspore`), named by a hash of the source, compiler and flags, so an edited source
+rebuilds and concurrent processes (one per device under msrun) never see a half-written file. The
+kernels run one image per thread on as many threads as the process may use (its CPU affinity);
+`ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
+"""
+import contextlib
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import ops
+
+SOURCE = Path(__file__).resolve().parent / 'kernels' / 'acmix_cpu.cc'
+ENV_SWITCH = 'ACMIX_CPU_KERNELS'
+ENV_CACHE = 'ACMIX_KERNEL_CACHE'
+
+_state = {'enabled': os.environ.get(ENV_SWITCH, '1') != '0', 'library': None, 'error': None}
+
+
+@contextlib.contextmanager
+def kernels_enabled(enabled):
+    """Layers built inside the block use the CPU kernels if `enabled` (and they are available)."""
+    previous, _state['enabled'] = _state['enabled'], bool(enabled)
+    try:
+        yield
+    finally:
+        _state['enabled'] = previous
+
+
+def _cpu_flags():
+    """-mavx2 -mfma where the CPU has them (the vector code then compiles to 256-bit FMAs)."""
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return []
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return []
+    flags = next((line.split(':', 1)[1].split() for line in text.splitlines() if line.startswith('flags')), [])
+    return ['-mavx2', '-mfma'] if {'avx2', 'fma'} <= set(flags) else []
+
+
+def build_library(source=SOURCE, cache_dir=None):
+    """Compile `source` into a shared library in the cache (once per source, compiler and flags);
+    returns its path. Raises RuntimeError with the compiler's message if that fails."""
+    cxx = os.environ.get('CXX', 'g++')
+    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-pthread'] + _cpu_flags()
+    cache = Path(cache_dir or os.environ.get(ENV_CACHE) or Path.home() / '.cache' / 'acmix_mindspore')
+    key = hashlib.sha256(Path(source).read_bytes() + ' '.join([cxx] + flags).encode()).hexdigest()[:16]
+    target = cache / f'{Path(source).stem}-{key}.so'
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=cache)
+    os.close(fd)
+    try:
+        result = subprocess.run([cxx, *flags, str(source), '-o', tmp], capture_output=True, text=True)
+    except OSError as err:
+        os.unlink(tmp)
+        raise RuntimeError(f'cannot run the C++ compiler {cxx!r}: {err}') from err
+    if result.returncode:
+        os.unlink(tmp)
+        raise RuntimeError(f'{cxx} failed to compile {source}:\n{result.stderr.strip()[-2000:]}')
+    os.replace(tmp, target)  # atomic: another process sees the old state or the whole library
+    return target
+
+
+def _library():
+    if _state['library'] is None and _state['error'] is None:
+        try:
+            _state['library'] = build_library()
+        except RuntimeError as err:
+            _state['error'] = err
+            warnings.warn(f'CPU kernels unavailable, the Swin ACmix convolution path falls back to slower ops: {err}')
+    return _state['library']
+
+
+def conv_path_ops():
+    """(forward, backward) Custom ops of the fused Swin ACmix convolution path, or None when the
+    kernels are off, the device is not CPU or the library cannot be built. float32 only.
+
+    forward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
+    backward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> gradients of the four inputs
+    """
+    if not _state['enabled'] or ms.get_context('device_target') != 'CPU':
+        return None
+    library = _library()
+    if library is None:
+        return None
+    forward = ops.Custom(f'{library}:FcConvForward', func_type='aot',
+                         out_shape=lambda qkv, fc_w, fc_b, dep_w: (*qkv[:3], dep_w[0]),
+                         out_dtype=lambda qkv, fc_w, fc_b, dep_w: qkv)
+    backward = ops.Custom(f'{library}:FcConvBackward', func_type='aot',
+                          out_shape=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w),
+                          out_dtype=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w))
+    return forward, backward
