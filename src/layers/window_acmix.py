@@ -188,7 +188,8 @@ class WindowAttention(nn.Cell):
         # index tables (16 B per element, kept for the graph's life) and is several times
         # slower than BiasAdd, which repeats its (C,) operand along the leading axis.
         bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, nh)
-        bias = ops.transpose(bias, (2, 0, 1))  # (nh, N, N)
+        # (under mixed precision the table stays float32 while attn is float16)
+        bias = ops.transpose(bias, (2, 0, 1)).astype(attn.dtype)  # (nh, N, N)
         if mask is None:
             attn = ops.bias_add(attn.reshape(bw, nh * n * n), bias.reshape(-1))
         else:
@@ -201,7 +202,8 @@ class WindowAttention(nn.Cell):
         if out_scale is None:
             out = self.proj(out)
         else:  # out_scale * proj(out), with the scale on the (C, C) weights, not on the activations
-            out = ops.bias_add(self._matmul_t(out, self.proj.weight * out_scale), self.proj.bias * out_scale)
+            weight, bias = self.proj.weight * out_scale, self.proj.bias * out_scale
+            out = ops.bias_add(self._matmul_t(out, weight.astype(out.dtype)), bias.astype(out.dtype))
         return window_reverse(out.reshape(bw, n, self.dim), ws, h, w)
 
     def construct(self, x, mask=None):
