@@ -42,7 +42,7 @@ class _OfficialConvPath(nn.Cell):
     (2, 6, 17, 48, 4, 3),   # 4 outputs per group, a row longer than a register block
 ])
 def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
-    kernels = conv_path_ops()
+    kernels = conv_path_ops(k)
     assert kernels is not None
     rng = np.random.default_rng(0)
     k2 = k * k
@@ -99,5 +99,11 @@ def test_kernels_can_be_switched_off_for_a_block():
         assert WindowAttentionACmix(8, 4, 2).conv_kernel is None
         with kernels_enabled(True):
             assert WindowAttentionACmix(8, 4, 2).conv_kernel is not None
-        assert conv_path_ops() is None
+        assert conv_path_ops(3) is None
     assert WindowAttentionACmix(8, 4, 2).conv_kernel is not None
+
+
+@needs_compiler
+def test_kernels_beyond_their_size_limit_use_ops():
+    assert WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE).conv_kernel is not None
+    assert WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2).conv_kernel is None

@@ -1,9 +1,10 @@
 """Hand-written CPU kernels, compiled on first use and run through `ops.Custom(func_type='aot')`.
 
 One kernel pair so far: the convolution path of the Swin ACmix layer, fc and grouped convolution
-fused (`kernels/acmix_cpu.cc`; its header says why). Layers ask `conv_path_ops()` when they are
-built. It returns None, and the layer keeps its path of MindSpore ops, when
+fused (`kernels/acmix_cpu.cc`; its header says why). Layers ask `conv_path_ops(kernel_size)` when
+they are built. It returns None, and the layer keeps its path of MindSpore ops, when
 * the device target is not CPU (the kernels are C++ for the host);
+* the convolution is larger than MAX_KERNEL_SIZE (7x7);
 * the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
   the environment variable `ACMIX_CPU_KERNELS=0` (export.py builds its model with them off, so a
   MINDIR never calls a library of the exporting machine);
@@ -30,6 +31,7 @@ from mindspore import ops
 SOURCE = Path(__file__).resolve().parent / 'kernels' / 'acmix_cpu.cc'
 ENV_SWITCH = 'ACMIX_CPU_KERNELS'
 ENV_CACHE = 'ACMIX_KERNEL_CACHE'
+MAX_KERNEL_SIZE = 7  # the backward keeps k*k per-tap vectors on the stack (kMaxTaps in the source)
 
 _state = {'enabled': os.environ.get(ENV_SWITCH, '1') != '0', 'library': None, 'error': None}
 
@@ -91,14 +93,15 @@ def _library():
     return _state['library']
 
 
-def conv_path_ops():
-    """(forward, backward) Custom ops of the fused Swin ACmix convolution path, or None when the
-    kernels are off, the device is not CPU or the library cannot be built. float32 only.
+def conv_path_ops(kernel_size):
+    """(forward, backward) Custom ops of the fused Swin ACmix convolution path for a
+    kernel_size x kernel_size convolution, or None when the kernels are off, the device is not
+    CPU, kernel_size is over MAX_KERNEL_SIZE or the library cannot be built. float32 only.
 
     forward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
     backward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> gradients of the four inputs
     """
-    if not _state['enabled'] or ms.get_context('device_target') != 'CPU':
+    if not _state['enabled'] or kernel_size > MAX_KERNEL_SIZE or ms.get_context('device_target') != 'CPU':
         return None
     library = _library()
     if library is None:

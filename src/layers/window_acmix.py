@@ -241,7 +241,7 @@ class WindowAttentionACmix(WindowAttention):
             self.grouped_conv = GroupedConv2d(k2 * self.head_dim, dim, kernel_conv, self.head_dim)
             self._matmul_nt = ops.BatchMatMul(transpose_b=True)
             # On CPU the whole path runs as one kernel; _convolution is the path everywhere else.
-            kernels = conv_path_ops()
+            kernels = conv_path_ops(kernel_conv)
             self.conv_kernel = ConvPathKernel(*kernels) if kernels else None
         if self.use_att and self.use_conv:
             self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')

@@ -38,7 +38,7 @@ namespace {
 // 8 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX on x86, NEON pairs on ARM)
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 constexpr int64_t kBlock = 16;  // output pixels per register block (two v8)
-constexpr int64_t kMaxTaps = 49;  // k * k for kernels up to 7 x 7
+constexpr int64_t kMaxTaps = 49;  // k * k for kernels up to 7 x 7 (cpu_kernels.MAX_KERNEL_SIZE)
 
 int64_t num_threads() {
   if (const char *env = std::getenv("ACMIX_KERNEL_THREADS")) return std::max(1, std::atoi(env));
@@ -157,6 +157,15 @@ struct Dims {
   }
 };
 
+// The qkv rows of `nv` (<= 8) consecutive pixels starting at `q0`, transposed into the channel-major
+// block qt (8 floats per channel, in L1); lanes past nv are zero.
+void load_pixel_block(const float *q0, int64_t C3, int64_t nv, float *qt) {
+  for (int64_t v = 0; v < nv; ++v)
+    for (int64_t ch = 0; ch < C3; ++ch) qt[ch * 8 + v] = q0[v * C3 + ch];
+  for (int64_t v = nv; v < 8; ++v)
+    for (int64_t ch = 0; ch < C3; ++ch) qt[ch * 8 + v] = 0.f;
+}
+
 // Padded f planes of one image, fpad (hd*k2 planes of grid.plane floats):
 // f[d*k2 + j] = fc_b[j] + sum_i fc_w[j, i] * qkv[i*hd + d] inside the image, zero outside (the
 // official convolution zero-pads f, bias included).
@@ -165,15 +174,12 @@ void build_f(const Dims &s, const Grid &grid, const float *qkv_b, const float *f
   // Eight pixels of a row at a time: their qkv rows transposed into qt (channel-major, 8 floats per
   // channel, in L1), then every f value is one v8 over the eight pixels and lands in its plane as
   // one contiguous store; a short last block goes through `last` so the pad stays zero.
-  std::vector<float> qt(s.C3 * 8, 0.f);
+  std::vector<float> qt(s.C3 * 8);
   v8 last;
   for (int64_t r = 0; r < s.H; ++r)
     for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
       const int64_t nv = std::min<int64_t>(8, s.W - c0);
-      for (int64_t v = 0; v < nv; ++v) {
-        const float *q = qkv_b + (r * s.W + c0 + v) * s.C3;
-        for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = q[ch];
-      }
+      load_pixel_block(qkv_b + (r * s.W + c0) * s.C3, s.C3, nv, qt.data());
       const int64_t pos = (r + grid.P) * grid.Wp + c0 + grid.P;
       for (int64_t j = 0; j < s.k2; ++j) {
         const float *wj = fc_w + j * s.I;
@@ -244,7 +250,7 @@ extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **sh
 // FcConvBackward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> dqkv, dfc_w, dfc_b, ddep_w
 extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                               void *stream, void *extra) {
-  if (nparam != 9) return 1;
+  if (nparam != 9 || shapes[1][0] > kMaxTaps) return 1;  // cpu_kernels.MAX_KERNEL_SIZE keeps k2 in bound
   const float *qkv = static_cast<const float *>(params[0]);
   const float *fc_w = static_cast<const float *>(params[1]);
   const float *fc_b = static_cast<const float *>(params[2]);
@@ -324,16 +330,11 @@ extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **s
       for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
         const int64_t nv = std::min<int64_t>(8, s.W - c0), tok = (b * s.H + r) * s.W + c0;
         const float *dfp = df + r * grid.Wp + c0;
-        for (int64_t v = 0; v < nv; ++v) {
-          const float *q = qkv + (tok + v) * s.C3;
-          for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = q[ch];
-        }
         // in a short last block the lanes past the row end hold garbage df: zero qkv there keeps it
         // out of dfc_w, the mask out of dfc_b
+        load_pixel_block(qkv + tok * s.C3, s.C3, nv, qt);
         v8 valid = {};
         for (int64_t v = 0; v < nv; ++v) valid[v] = 1.f;
-        for (int64_t v = nv; v < 8; ++v)
-          for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = 0.f;
         for (int64_t d = 0; d < s.hd; ++d) {
           v8 g[kMaxTaps];
           for (int64_t j = 0; j < s.k2; ++j) g[j] = *reinterpret_cast<const v8 *>(dfp + (d * s.k2 + j) * grid.len);
