@@ -14,6 +14,12 @@ ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device('CPU')
 
 
+@pytest.fixture(params=['cpu', 'portable'])
+def formulation(request):
+    """Layers built in the test with formulation=... run the CPU-tuned forms or the portable ones."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     ms.set_seed(0)

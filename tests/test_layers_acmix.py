@@ -1,11 +1,12 @@
 """The ResNet ACmix layer against a NumPy reference written from the paper's equations and the
-official numerics (reflection padding, q-only scaling, head-major split, d*9+j conv channels)."""
+official numerics (reflection padding, q-only scaling, head-major split, d*9+j conv channels), and
+its gradients against autodiff of the plain formulation; every test in both formulations."""
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 
-from src.layers.acmix import LocalAttentionACmix, shift_kernels
+from src.layers import LocalAttentionACmix, shift_kernels
 
 
 def _p(cell, name):
@@ -90,9 +91,9 @@ def _randomise(layer, seed=0):
     (1, 8, 9, 'attention', 1, 3),
     (2, 8, 9, 'conv', 1, 3),
 ])
-def test_acmix_matches_numpy_reference(stride, h, w, paths, dilation, kc):
+def test_acmix_matches_numpy_reference(stride, h, w, paths, dilation, kc, formulation):
     layer = LocalAttentionACmix(6, 8, kernel_att=7, head=2, kernel_conv=kc, stride=stride,
-                                dilation=dilation, paths=paths)
+                                dilation=dilation, paths=paths, formulation=formulation)
     _randomise(layer)
     x = np.random.default_rng(1).normal(size=(2, 6, h, w)).astype(np.float32)
     got = layer(Tensor(x)).asnumpy()
@@ -123,8 +124,8 @@ def test_rejects_bad_arguments():
         LocalAttentionACmix(8, 8, paths='mix')
 
 
-def test_fp16_forward_runs():
-    layer = LocalAttentionACmix(8, 8, head=2, stride=2)
+def test_fp16_forward_runs(formulation):
+    layer = LocalAttentionACmix(8, 8, head=2, stride=2, formulation=formulation)
     layer.to_float(ms.float16)
     x = Tensor(np.random.randn(1, 8, 8, 8).astype(np.float16))
     out = layer(x)
@@ -138,13 +139,14 @@ def _unfold_attention(layer, q, k, v):
     bh, hd, s, ka = b * layer.head, layer.head_dim, layer.stride, layer.kernel_att
     h_out, w_out = -(-h // s), -(-w // s)
     length = h_out * w_out
+    pad = nn.ReflectionPad2d((layer.dilation * (ka - 1) + 1) // 2)
 
     def neighbours(t):  # (n, hd, h, w) -> (n, hd, ka*ka, h_out*w_out)
-        cols = ops.unfold(layer.pad_att(t), ka, layer.dilation, 0, s)
+        cols = ops.unfold(pad(t), ka, layer.dilation, 0, s)
         return cols.view(t.shape[0], hd, ka * ka, length)
 
     pe = layer._position_encoding(h, w, q.dtype)  # (1, hd, h, w)
-    qs = (q.view(b, layer.head, hd, h, w) * layer.scaling)[:, :, :, ::s, ::s].reshape(bh, hd, 1, length)
+    qs = (q.view(b, layer.head, hd, h, w) * hd ** -0.5)[:, :, :, ::s, ::s].reshape(bh, hd, 1, length)
     pe_c = ops.tile(pe[:, :, ::s, ::s].reshape(1, hd, 1, length), (bh, 1, 1, 1))
     pe_nbr = ops.tile(neighbours(pe), (bh, 1, 1, 1))
     k_nbr, v_nbr = neighbours(k.view(bh, hd, h, w)), neighbours(v.view(bh, hd, h, w))
@@ -195,9 +197,10 @@ def _grads(layer, x, forward):
     (2, 9, 8, 'conv', 1),
     (1, 10, 10, 'conv', 2),
 ])
-def test_acmix_gradients_match_autodiff_of_the_plain_formulation(stride, h, w, paths, dilation):
+def test_acmix_gradients_match_autodiff_of_the_plain_formulation(stride, h, w, paths, dilation, formulation):
     """Against unfold-everything attention and the grouped Conv2d, both differentiated by autodiff."""
-    layer = LocalAttentionACmix(6, 8, kernel_att=7, head=2, stride=stride, dilation=dilation, paths=paths)
+    layer = LocalAttentionACmix(6, 8, kernel_att=7, head=2, stride=stride, dilation=dilation, paths=paths,
+                                formulation=formulation)
     _randomise(layer)
     x = Tensor(np.random.default_rng(1).normal(size=(2, 6, h, w)).astype(np.float32))
     np.testing.assert_allclose(layer(x).asnumpy(), _plain_acmix(layer, x).asnumpy(), rtol=1e-4, atol=1e-5)
@@ -208,9 +211,9 @@ def test_acmix_gradients_match_autodiff_of_the_plain_formulation(stride, h, w, p
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=max(1e-4 * np.abs(r).max(), 1e-5), err_msg=name)
 
 
-def test_fp16_backward_runs_and_agrees_with_fp32():
-    """The hand-written backward in fp16 (O2-style mixed precision) against fp32."""
-    layer = LocalAttentionACmix(8, 8, head=2, stride=2)
+def test_fp16_backward_runs_and_agrees_with_fp32(formulation):
+    """The backward in fp16 (O2-style mixed precision) against fp32."""
+    layer = LocalAttentionACmix(8, 8, head=2, stride=2, formulation=formulation)
     _randomise(layer)
     x = np.random.default_rng(1).normal(size=(2, 8, 10, 10)).astype(np.float32)
     want = _grads(layer, Tensor(x), _layer_forward)[0]
@@ -218,3 +221,26 @@ def test_fp16_backward_runs_and_agrees_with_fp32():
     got = _grads(layer, Tensor(x.astype(np.float16)), _layer_forward)[0]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max())
+
+
+def test_formulation_follows_the_device_the_environment_and_the_argument(monkeypatch):
+    from src.layers import LocalAttention, WindowAttentionACmix
+    from src.layers.cpu.local_attention import BlockedLocalAttention
+    from src.models import create_model
+    monkeypatch.delenv('ACMIX_FORMULATION', raising=False)
+    assert isinstance(LocalAttentionACmix(8, 8, head=2).attention, BlockedLocalAttention)  # CPU device: cpu
+    monkeypatch.setenv('ACMIX_FORMULATION', 'portable')  # read when a layer is built
+    assert isinstance(LocalAttentionACmix(8, 8, head=2).attention, LocalAttention)
+    assert WindowAttentionACmix(8, 4, 2).formulation == 'portable'
+    assert isinstance(LocalAttentionACmix(8, 8, head=2, formulation='cpu').attention, BlockedLocalAttention)
+    monkeypatch.setenv('ACMIX_FORMULATION', 'fast')
+    with pytest.raises(ValueError, match='ACMIX_FORMULATION must be one of portable, cpu'):
+        LocalAttentionACmix(8, 8, head=2)
+    with pytest.raises(ValueError, match='formulation must be one of'):
+        LocalAttentionACmix(8, 8, head=2, formulation='gpu')
+    monkeypatch.delenv('ACMIX_FORMULATION')
+    # Both formulations hold the same parameters: one checkpoint loads into either.
+    for arch, kwargs in (('acmix_resnet_mini', {}), ('acmix_swin_mini', {'img_size': 32})):
+        names = [[(p.name, p.shape) for p in create_model(arch, formulation=f, **kwargs).get_parameters()]
+                 for f in ('cpu', 'portable')]
+        assert names[0] == names[1]

@@ -1,5 +1,6 @@
-"""The hand-written CPU kernel of the Swin ACmix convolution path: its build (cache, errors,
-fallback) and its values and gradients against the official formulation in MindSpore ops."""
+"""The hand-written CPU kernel of the Swin ACmix convolution path (CPU formulation): its build (cache,
+errors, fallback to the portable path) and its values and gradients against the official formulation
+in MindSpore ops."""
 import shutil
 import warnings
 
@@ -8,9 +9,10 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from src.layers import WindowAttentionACmix, cpu_kernels
-from src.layers.cpu_kernels import SOURCE, build_library, conv_path_ops, kernels_enabled
-from src.layers.window_acmix import ConvPathKernel
+from src.layers import ConvolutionPath, WindowAttentionACmix
+from src.layers.cpu import kernels as cpu_kernels
+from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
+from src.layers.cpu.kernels import SOURCE, build_library, conv_path_ops, kernels_enabled
 
 needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler (g++) on PATH')
 
@@ -56,7 +58,7 @@ def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
         grads = ms.jit(ms.grad(loss, grad_position=(0, 1, 2, 3)))(*args)
         return [net(*args).asnumpy()] + [g.asnumpy() for g in grads]
 
-    got, want = run(ConvPathKernel(*kernels)), run(_OfficialConvPath(num_heads, k))
+    got, want = run(_FusedKernel(*kernels)), run(_OfficialConvPath(num_heads, k))
     for name, g, r in zip(['out', 'qkv', 'fc_w', 'fc_b', 'dep_w'], got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
 
@@ -81,29 +83,35 @@ def test_compiler_errors_are_reported(tmp_path):
     assert not list(tmp_path.glob('*.so'))  # no half-written library left behind
 
 
+def _uses_kernel(cell):
+    return isinstance(cell.conv_path, KernelConvolutionPath)
+
+
 def test_without_a_compiler_the_layer_falls_back_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
     monkeypatch.setenv('ACMIX_KERNEL_CACHE', str(tmp_path))
     monkeypatch.setattr(cpu_kernels, '_state', {'enabled': True, 'library': None, 'error': None})
     with pytest.warns(UserWarning, match='CPU kernels unavailable'):
-        cell = WindowAttentionACmix(8, 4, 2)
-    assert cell.conv_kernel is None
+        cell = WindowAttentionACmix(8, 4, 2, formulation='cpu')
+    assert isinstance(cell.conv_path, ConvolutionPath)
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # said once per process, not once per layer
-        assert WindowAttentionACmix(8, 4, 2).conv_kernel is None
+        assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
 
 
 @needs_compiler
 def test_kernels_can_be_switched_off_for_a_block():
     with kernels_enabled(False):
-        assert WindowAttentionACmix(8, 4, 2).conv_kernel is None
+        assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
         with kernels_enabled(True):
-            assert WindowAttentionACmix(8, 4, 2).conv_kernel is not None
+            assert _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
         assert conv_path_ops(3) is None
-    assert WindowAttentionACmix(8, 4, 2).conv_kernel is not None
+    assert _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
 
 
 @needs_compiler
-def test_kernels_beyond_their_size_limit_use_ops():
-    assert WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE).conv_kernel is not None
-    assert WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2).conv_kernel is None
+def test_kernel_only_in_the_cpu_formulation_and_up_to_its_size_limit():
+    assert _uses_kernel(WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE, formulation='cpu'))
+    assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2,
+                                                 formulation='cpu'))
+    assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='portable'))

@@ -1,7 +1,7 @@
 """Swin pieces against NumPy: cyclic shift, window partition/reverse, mask, relative index;
-the ACmix window attention against a NumPy forward of the official equations, and its
-hand-written convolution backward against autodiff of the official formulation, with the
-convolution path both as the CPU kernel and in MindSpore ops."""
+the ACmix window attention against a NumPy forward of the official equations, and its gradients
+against autodiff of the official formulation, in both formulations (the convolution path as the
+CPU kernel, and in portable ops)."""
 import numpy as np
 import pytest
 import mindspore as ms
@@ -9,16 +9,15 @@ from mindspore import Tensor, nn, ops
 
 from src.layers import (WindowAttention, WindowAttentionACmix, relative_position_index, roll_hw,
                         shifted_window_mask, window_partition, window_reverse)
-from src.layers.cpu_kernels import conv_path_ops, kernels_enabled
+from src.layers.cpu.conv_path import KernelConvolutionPath
+from src.layers.cpu.kernels import conv_path_ops
 
 
-@pytest.fixture(params=[True, False], ids=['kernel', 'ops'])
-def conv_kernel(request):
-    """Cells built in the test run their convolution path as the CPU kernel, or in ops."""
-    with kernels_enabled(request.param):
-        if request.param and conv_path_ops(3) is None:
-            pytest.skip('the CPU kernels cannot be built here')
-        yield request.param
+def _check_formulation(cell, formulation):
+    """In the CPU formulation the convolution path is the C++ kernel wherever it can be built."""
+    if cell.use_conv:
+        kernel_expected = formulation == 'cpu' and conv_path_ops(cell.kernel_conv) is not None
+        assert isinstance(cell.conv_path, KernelConvolutionPath) == kernel_expected
 
 
 class _Fn(nn.Cell):
@@ -120,10 +119,10 @@ def reference_window_acmix(cell, x, mask):
 
 
 @pytest.mark.parametrize('paths,shifted', [('both', True), ('both', False), ('conv', False), ('attention', True)])
-def test_window_acmix_matches_numpy(paths, shifted, conv_kernel):
+def test_window_acmix_matches_numpy(paths, shifted, formulation):
     rng = np.random.default_rng(0)
-    cell = WindowAttentionACmix(8, 4, 2, paths=paths)
-    assert paths == 'attention' or (cell.conv_kernel is not None) == conv_kernel
+    cell = WindowAttentionACmix(8, 4, 2, paths=paths, formulation=formulation)
+    _check_formulation(cell, formulation)
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
     cell.set_train(False)
@@ -155,17 +154,16 @@ def _official_window_acmix(cell, x, mask):
 
 @pytest.mark.parametrize('dim,num_heads,kernel_conv,shifted,qkv_bias', [
     (8, 2, 3, True, True), (8, 4, 5, False, True), (8, 2, 3, False, False),
-    # ops: dim 8, the transposed forward kernel; dim 24 (more outputs than inputs per conv group),
-    # the forward kernel and the other weight-gradient form
-    (24, 12, 3, True, True),
+    (24, 12, 3, True, True),  # more outputs than inputs per convolution group
 ])
-def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias, conv_kernel):
-    """The convolution path, as the CPU kernel or in ops (GroupedConv2d with both forward kernels
-    and its batched-matmul backward, the fc folded into the qkv projection), against autodiff of
-    the official formulation, on a map that is not square, with 5x5 too."""
+def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias, formulation):
+    """The layer (convolution path as the CPU kernel or in portable ops) against autodiff of the
+    official formulation (fc as a 1x1 conv, a grouped Conv2D), on a map that is not square, with
+    5x5 too."""
     rng = np.random.default_rng(0)
-    cell = WindowAttentionACmix(dim, 4, num_heads, qkv_bias=qkv_bias, kernel_conv=kernel_conv)
-    assert (cell.conv_kernel is not None) == conv_kernel
+    cell = WindowAttentionACmix(dim, 4, num_heads, qkv_bias=qkv_bias, kernel_conv=kernel_conv,
+                                formulation=formulation)
+    _check_formulation(cell, formulation)
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
     x = Tensor(rng.normal(size=(2, 8, 12, dim)).astype(np.float32))

@@ -38,7 +38,7 @@ def _sharpen_swin_attention(model):
     return model
 
 
-def _convert_and_load(tmodel, arch, tmp_path, wrap=None, **overrides):
+def _convert_and_load(tmodel, arch, tmp_path, wrap=None, formulation=None, **overrides):
     sd = tmodel.state_dict()
     if wrap == 'model':
         obj = {'model': sd}
@@ -52,7 +52,8 @@ def _convert_and_load(tmodel, arch, tmp_path, wrap=None, **overrides):
         pth2ckpt.convert(arch, pth2ckpt.load_pth(pth), ckpt, **overrides)
     else:
         assert pth2ckpt.main(['--arch', arch, '--pth', pth, '--ckpt', ckpt]) == 0
-    net = create_model(arch, num_classes=pth2ckpt.infer_num_classes(pth2ckpt.extract_state_dict(obj)), **overrides)
+    net = create_model(arch, num_classes=pth2ckpt.infer_num_classes(pth2ckpt.extract_state_dict(obj)),
+                       formulation=formulation, **overrides)
     load_checkpoint_strict(net, ckpt)
     net.set_train(False)
     return net
@@ -125,27 +126,27 @@ def _check(tmodel, net, stage_names, ms_stages, x):
     return [_assert_close(g, w, w64, f'{names[i]}') for i, (g, w, w64) in enumerate(zip(got, want32, want64))]
 
 
-def check_resnet(tmodel, arch, tmp_path, size, wrap=None, **overrides):
+def check_resnet(tmodel, arch, tmp_path, size, wrap=None, formulation=None, **overrides):
     tref.randomize_for_parity(tmodel.eval())
     rng = np.random.default_rng(0)
     _calibrate_batchnorm(tmodel, rng.normal(size=(4, 3, size, size)).astype(np.float32))
-    net = _convert_and_load(tmodel, arch, tmp_path, wrap, **overrides)
+    net = _convert_and_load(tmodel, arch, tmp_path, wrap, formulation, **overrides)
     x = rng.normal(size=(2, 3, size, size)).astype(np.float32)
     return _check(tmodel, net, ['layer1', 'layer2', 'layer3', 'layer4'], _ms_resnet_stages, x)
 
 
-def check_swin(tmodel, arch, tmp_path, size, wrap=None, **overrides):
+def check_swin(tmodel, arch, tmp_path, size, wrap=None, formulation=None, **overrides):
     _sharpen_swin_attention(tref.randomize_for_parity(tmodel.eval()))
-    net = _convert_and_load(tmodel, arch, tmp_path, wrap, **overrides)
+    net = _convert_and_load(tmodel, arch, tmp_path, wrap, formulation, **overrides)
     x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
     names = ['patch_embed'] + [f'layers.{i}' for i in range(len(net.layers))]
     return _check(tmodel, net, names, _ms_swin_stages, x)
 
 
 @pytest.mark.parametrize('stride,h,w', [(1, 14, 13), (2, 14, 12)])
-def test_acmix_layer_matches_official(stride, h, w):
+def test_acmix_layer_matches_official(stride, h, w, formulation):
     tlayer = tref.randomize_for_parity(tref.ACmix(16, 32, stride=stride).eval())
-    layer = LocalAttentionACmix(16, 32, stride=stride)
+    layer = LocalAttentionACmix(16, 32, stride=stride, formulation=formulation)
     sd = pth2ckpt.convert_state_dict({k: v.numpy() for k, v in tlayer.state_dict().items()}, layer)
     ms.load_param_into_net(layer, {k: ms.Parameter(Tensor(v), name=k) for k, v in sd.items()}, strict_load=True)
     x = np.random.default_rng(0).normal(size=(2, 16, h, w)).astype(np.float32)
@@ -159,10 +160,10 @@ def test_acmix_layer_matches_official(stride, h, w):
     _assert_close(layer(Tensor(x)).asnumpy(), want, want64, 'ACmix layer')
 
 
-def test_tiny_acmix_resnet_matches_official(tmp_path):
+def test_tiny_acmix_resnet_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
     check_resnet(tref.acmix_resnet([1, 1, 1, 1], num_classes=10, base_channels=16), 'acmix_resnet_mini',
-                 tmp_path, 128, wrap='state_dict', stem='imagenet')
+                 tmp_path, 128, wrap='state_dict', formulation=formulation, stem='imagenet')
 
 
 def test_tiny_plain_resnet_matches_official(tmp_path):
@@ -174,11 +175,15 @@ def test_tiny_plain_resnet_matches_official(tmp_path):
 MINI_SWIN = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
 
 
-@pytest.mark.parametrize('acmix', [True, False])
-def test_tiny_swin_matches_official(tmp_path, acmix):
+def test_tiny_acmix_swin_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
-    tmodel = tref.swin(acmix, num_classes=10, **MINI_SWIN)
-    check_swin(tmodel, 'acmix_swin_mini' if acmix else 'swin_mini', tmp_path, 32, wrap='model')
+    tmodel = tref.swin(True, num_classes=10, **MINI_SWIN)
+    check_swin(tmodel, 'acmix_swin_mini', tmp_path, 32, wrap='model', formulation=formulation)
+
+
+def test_tiny_plain_swin_matches_official(tmp_path):
+    torch.manual_seed(0)
+    check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model')
 
 
 FULL = [
@@ -193,9 +198,10 @@ FULL = [
 
 @pytest.mark.skipif(os.environ.get('ACMIX_FULL_PARITY') != '1', reason='full-size parity: set ACMIX_FULL_PARITY=1')
 @pytest.mark.parametrize('arch,build', FULL, ids=[a for a, _ in FULL])
-def test_full_size_matches_official(tmp_path, arch, build):
+def test_full_size_matches_official(tmp_path, arch, build, formulation):
     torch.manual_seed(0)
     check = check_swin if 'swin' in arch else check_resnet
-    diffs = check(build(), arch, tmp_path, 224, wrap='model' if 'swin' in arch else 'state_dict')
-    print(f'\n{arch}: max abs diff to official fp32 (official fp32 vs fp64) per stage, logits last: '
+    diffs = check(build(), arch, tmp_path, 224, wrap='model' if 'swin' in arch else 'state_dict',
+                  formulation=formulation)
+    print(f'\n{arch} ({formulation}): max abs diff to official fp32 (official fp32 vs fp64) per stage, logits last: '
           + ', '.join(f'{d:.2e} ({o:.2e})' for d, o in diffs))

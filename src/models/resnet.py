@@ -70,6 +70,8 @@ class ResNet(nn.Cell):
         layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
         num_classes: classifier outputs.
         acmix: ACmix (kernel_att, head, kernel_conv, paths, learnable_shift) or plain 3x3 convs.
+        formulation: of the ACmix layers, 'portable', 'cpu' or None (the device target decides;
+            see src/layers/formulation.py); no effect on the plain ResNets.
         base_channels: width of the stem and first stage (64 in the paper); stages are 1/2/4/8x.
         stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool) or 'small' (3x3/1 conv, no pool) for
             32-64 px inputs.
@@ -79,7 +81,7 @@ class ResNet(nn.Cell):
 
     def __init__(self, layers, num_classes=1000, acmix=True, base_channels=64, stem='imagenet',
                  kernel_att=7, head=4, kernel_conv=3, paths='both', learnable_shift=True,
-                 replace_stride_with_dilation=(False, False, False)):
+                 replace_stride_with_dilation=(False, False, False), formulation=None):
         super().__init__()
         if stem not in ('imagenet', 'small'):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
@@ -87,7 +89,7 @@ class ResNet(nn.Cell):
             raise ValueError('replace_stride_with_dilation needs one flag for each of stages 2-4')
         if acmix:
             mixer = partial(_acmix_mixer, kernel_att=kernel_att, head=head, kernel_conv=kernel_conv,
-                            paths=paths, learnable_shift=learnable_shift)
+                            paths=paths, learnable_shift=learnable_shift, formulation=formulation)
         else:
             mixer = conv3x3
         self.stem = stem

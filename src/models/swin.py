@@ -150,7 +150,9 @@ class SwinTransformer(nn.Cell):
 
     img_size may be any size (int or (h, w)) that patch_size, patch merging and window_size divide
     at every stage; the official code accepts 224 only. Absolute position embedding is not
-    supported (the official ACmix models do not use it).
+    supported (the official ACmix models do not use it). `formulation` ('portable', 'cpu' or None:
+    the device target decides, see src/layers/formulation.py) applies to the ACmix layers; it has
+    no effect on the plain Swin.
     """
 
     classifier_name = 'head'  # parameters left out when fine-tuning with a new head
@@ -158,7 +160,7 @@ class SwinTransformer(nn.Cell):
     def __init__(self, img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1,
-                 acmix=True, kernel_conv=3, paths='both', learnable_shift=True):
+                 acmix=True, kernel_conv=3, paths='both', learnable_shift=True, formulation=None):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} differ in length')
@@ -167,7 +169,8 @@ class SwinTransformer(nn.Cell):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
-        acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift) if acmix else {}
+        acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift,
+                            formulation=formulation) if acmix else {}
         layers = []
         for i, depth in enumerate(depths):
             start = sum(depths[:i])

@@ -1,5 +1,5 @@
 // The convolution path of the Swin ACmix layer as one CPU kernel pair, for MindSpore's CPU backend
-// through ops.Custom(func_type='aot'); built and loaded by src/layers/cpu_kernels.py.
+// through ops.Custom(func_type='aot'); built and loaded by src/layers/cpu/kernels.py.
 //
 // The path (official WindowAttention_acmix): f = fc(qkv), a 1x1 map from the 3*nh q/k/v heads to
 // k*k channels for every head-dim index d, then dep_conv, a k x k convolution with hd groups (group

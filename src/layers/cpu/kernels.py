@@ -1,13 +1,13 @@
 """Hand-written CPU kernels, compiled on first use and run through `ops.Custom(func_type='aot')`.
 
 One kernel pair so far: the convolution path of the Swin ACmix layer, fc and grouped convolution
-fused (`kernels/acmix_cpu.cc`; its header says why). Layers ask `conv_path_ops(kernel_size)` when
-they are built. It returns None, and the layer keeps its path of MindSpore ops, when
+fused (`acmix_cpu.cc`; its header says why), used by the CPU formulation (`..formulation`). Layers
+ask `conv_path_ops(kernel_size)` when they are built. It returns None, and the layer runs the
+portable convolution path (`..conv_path.ConvolutionPath`) instead, when
 * the device target is not CPU (the kernels are C++ for the host);
 * the convolution is larger than MAX_KERNEL_SIZE (7x7);
 * the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
-  the environment variable `ACMIX_CPU_KERNELS=0` (export.py builds its model with them off, so a
-  MINDIR never calls a library of the exporting machine);
+  the environment variable `ACMIX_CPU_KERNELS=0`;
 * the library cannot be built (no C++ compiler, say); a warning says why, once per process.
 
 The library is compiled with `$CXX` (default g++) into `$ACMIX_KERNEL_CACHE` (default
@@ -28,7 +28,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import ops
 
-SOURCE = Path(__file__).resolve().parent / 'kernels' / 'acmix_cpu.cc'
+SOURCE = Path(__file__).resolve().parent / 'acmix_cpu.cc'
 ENV_SWITCH = 'ACMIX_CPU_KERNELS'
 ENV_CACHE = 'ACMIX_KERNEL_CACHE'
 MAX_KERNEL_SIZE = 7  # the backward keeps k*k per-tap vectors on the stack (kMaxTaps in the source)

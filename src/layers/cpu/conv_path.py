@@ -1,0 +1,97 @@
+"""The ACmix convolution path tuned for MindSpore's CPU backend; the same interface and result as
+the portable `..conv_path.ConvolutionPath`: construct(qkv, fc_weight, fc_bias, dep_weight).
+
+* ResNet layout (qkv NCHW, fc without bias): FoldConvolutionPath, fc and the grouped convolution
+  (both linear) as one batched matmul and a fold (Col2Im); as a grouped Conv2D, dep_conv's weight
+  gradient alone costs more on CPU than all the rest of the layer.
+* Swin layout (qkv token-major NHWC): KernelConvolutionPath, one hand-written C++ kernel pair
+  (`kernels.py`, `acmix_cpu.cc`), float32; other dtypes run the portable path.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+
+from .local_attention import _SwapLastAxes, _eye
+
+
+def mirrored_taps(kernel_size):
+    """int32 index k*k - 1 - t for tap t = a*k + e: gathering a flattened k x k kernel with it
+    rotates the kernel by 180 degrees (a convolution's adjoint uses the mirrored taps)."""
+    return Tensor(np.arange(kernel_size * kernel_size)[::-1].copy(), ms.int32)
+
+
+class FoldConvolutionPath(nn.Cell):
+    """The convolution path of the ResNet layer: qkv (B, 3C, H, W), fc_weight (k2, 3 * heads),
+    fc_bias None (the official ResNet fc has none), dep_weight (C, k2, k, k) -> (B, C, H', W')."""
+
+    def __init__(self, num_heads, head_dim, out_channels, kernel_size, stride=1, dilation=1):
+        super().__init__()
+        self.num_heads, self.head_dim, self.out_channels = num_heads, head_dim, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.mirrored_taps = mirrored_taps(kernel_size)
+        self.bmm = ops.BatchMatMul()
+        self.swap = _SwapLastAxes()  # no parameters
+
+    def construct(self, qkv, fc_weight, fc_bias, dep_weight):
+        b, _, h, w = qkv.shape
+        hd, kc, c3 = self.head_dim, self.kernel_size, 3 * self.num_heads
+        k2 = kc * kc
+        opg = self.out_channels // hd  # dep_conv output channels per group
+        # (b, 3*head, head_dim*h*w): channels [q heads, k heads, v heads], as the official fc sees
+        # them (it treats (head_dim, h*w) as its spatial plane).
+        qkv = qkv.view(b, c3, hd * h * w)
+        # -> (b * hd, 3*head, h*w) by two identity-matmul swaps (exact on CPU, and no Transpose
+        # index tables), so that head_dim, dep_conv's group, becomes a batch axis.
+        qkv = self.swap(qkv, _eye(b, c3, qkv.dtype))  # (b, hd*h*w, 3*head)
+        qkv = self.swap(qkv.view(b * hd, h * w, c3), _eye(b * hd, c3, qkv.dtype))
+        # fc (1x1, 3*head -> k2) and dep_conv (grouped k x k; group d: input channels d*k2 + j,
+        # output channels d*opg + o) are both linear, so they are applied as one batched matmul
+        # followed by a fold. Per group d and pixel p, for output channel o and mirrored tap t':
+        # taps[(o, t'), p] = sum_c (sum_j W[d*opg + o, j, t] fc[j, c]) qkv[c, p]. Folding (Col2Im,
+        # the adjoint of unfold) then adds taps[(o, t'), p] into output pixel p + offset(t') =
+        # p - offset(t), which is the convolution's gather. Summing over j before p differs from
+        # the official order by fp32 rounding only.
+        weight = dep_weight.view(hd, opg, k2, kc * kc)
+        weight = ops.gather(weight, self.mirrored_taps, 3)  # taps mirrored
+        weight = ops.transpose(weight, (0, 1, 3, 2)).reshape(hd * opg * kc * kc, k2)
+        weight = ops.matmul(weight, fc_weight).view(1, hd, opg * kc * kc, c3)
+        weight = ops.tile(weight, (b, 1, 1, 1)).view(b * hd, opg * kc * kc, c3)
+        taps = self.bmm(weight, qkv).view(b, self.out_channels * kc * kc, h * w)  # rows [d][o][t']
+        pad = self.dilation * (kc // 2)
+        out = ops.fold(taps, Tensor([h, w], ms.int32), kernel_size=kc, dilation=self.dilation,
+                       padding=pad, stride=1)  # (b, out_channels, h, w)
+        if self.stride > 1:
+            out = out[:, :, ::self.stride, ::self.stride]
+        return out
+
+
+class _FusedKernel(nn.Cell):
+    """The kernel pair as a Cell: construct(qkv, fc_w, fc_b, dep_w) -> (B, H, W, C), gradients of all
+    four inputs from the backward kernel."""
+
+    def __init__(self, kernel_forward, kernel_backward):
+        super().__init__()
+        self.kernel_forward = kernel_forward
+        self.kernel_backward = kernel_backward
+
+    def construct(self, qkv, fc_w, fc_b, dep_w):
+        return self.kernel_forward(qkv, fc_w, fc_b, dep_w)
+
+    def bprop(self, qkv, fc_w, fc_b, dep_w, out, dout):
+        return self.kernel_backward(qkv, fc_w, fc_b, dep_w, dout)
+
+
+class KernelConvolutionPath(nn.Cell):
+    """The convolution path of the Swin layer as the fused CPU kernel: qkv (B, H, W, 3C) token-major,
+    fc_weight (k2, 3nh), fc_bias (k2,), dep_weight (C, k2, k, k) -> (B, H, W, C). The kernel is
+    float32; under mixed precision the path runs `fallback` (the portable path)."""
+
+    def __init__(self, kernel_ops, fallback):
+        super().__init__()
+        self.kernel = _FusedKernel(*kernel_ops)
+        self.fallback = fallback
+
+    def construct(self, qkv, fc_weight, fc_bias, dep_weight):
+        if qkv.dtype != ms.float32:
+            return self.fallback(qkv, fc_weight, fc_bias, dep_weight)
+        return self.kernel(qkv, fc_weight, fc_bias, dep_weight)
