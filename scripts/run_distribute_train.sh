@@ -2,8 +2,17 @@
 # Data-parallel training on Ascend, with a rank table or with msrun.
 #   bash scripts/run_distribute_train.sh RANK_TABLE_FILE CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]
 #   bash scripts/run_distribute_train.sh msrun           CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]
-# DEVICE_NUM defaults to 8. Logs: <output_dir>/rank_logs/ (rank table) or <output_dir>/msrun_log/ (msrun).
-# Written from the MindSpore documentation; not run on Ascend by the authors (no device here).
+# DEVICE_NUM defaults to 8. Written from the MindSpore documentation (rank-table and msrun startup
+# tutorials); not run on Ascend by the authors (no device here).
+#
+# Rank table: each rank's DEVICE_ID and RANK_ID come from the table (src/tools/rank_table.py checks it;
+# it must list DEVICE_NUM devices for this server; a table with several servers needs SERVER_ID set to
+# this machine's server_id). RANK_SIZE is the number of devices in the whole table. Each rank runs in
+# its own folder, <output_dir>/rank_<RANK_ID>/, and logs to train.log there. DRY_RUN=1 prints each
+# rank's command and environment and starts nothing.
+# msrun: logs in <output_dir>/msrun_log/.
+# Relative paths (config keys and overrides) mean what they mean from the project root: the config
+# loader resolves them against ACMIX_CWD, set here.
 set -euo pipefail
 if [ $# -lt 3 ]; then
     echo "Usage: bash $0 RANK_TABLE_FILE|msrun CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]" >&2
@@ -15,24 +24,36 @@ MODE=$1; CONFIG=$(realpath "$2"); DATA=$(realpath "$3"); shift 3
 DEVICE_NUM=8
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
 cd "$ACMIX_ROOT"
+export ACMIX_CWD="$ACMIX_ROOT"
 OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
 if [ "$MODE" = msrun ]; then
     exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
         --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \
         train.py --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@"
 fi
-if [ ! -f "$MODE" ]; then
-    echo "error: rank table file not found: $MODE" >&2; exit 1
-fi
-export RANK_TABLE_FILE=$(realpath "$MODE") RANK_SIZE=$DEVICE_NUM
-mkdir -p "$OUT/rank_logs"
-pids=()
-for ((i = 0; i < DEVICE_NUM; i++)); do
-    DEVICE_ID=$i RANK_ID=$i "$PY" train.py --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@" \
-        > "$OUT/rank_logs/rank_$i.log" 2>&1 &
-    pids+=($!)
+TABLE=$(realpath -m "$MODE")
+RANKS=$("$PY" -m src.tools.rank_table "$TABLE" "$DEVICE_NUM") || exit 1   # lines: RANK_ID DEVICE_ID RANK_SIZE
+mapfile -t RANKS <<< "$RANKS"
+pids=(); logs=()
+for line in "${RANKS[@]}"; do
+    read -r rank device size <<< "$line"
+    dir="$OUT/rank_$rank"; log="$dir/train.log"
+    cmd=(env RANK_TABLE_FILE="$TABLE" RANK_SIZE="$size" RANK_ID="$rank" DEVICE_ID="$device" ACMIX_CWD="$ACMIX_CWD"
+         "$PY" "$ACMIX_ROOT/train.py" --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@")
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        echo "rank $rank: device $device, working directory $dir, log $log"
+        echo "  cd $(printf '%q' "$dir") && $(printf '%q ' "${cmd[@]}")> $(printf '%q' "$log") 2>&1"
+        continue
+    fi
+    mkdir -p "$dir"
+    (cd "$dir" && exec "${cmd[@]}") < /dev/null > "$log" 2>&1 &
+    pids+=($!); logs+=("$log")
+    echo "rank $rank on device $device: log $log"
 done
-echo "started $DEVICE_NUM ranks; logs in $OUT/rank_logs/"
+if [ "${DRY_RUN:-0}" = 1 ]; then echo "dry run: nothing started"; exit 0; fi
+echo "started ${#pids[@]} ranks of $size; logs in $OUT/rank_*/train.log"
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { echo "error: a rank failed, see ${logs[$i]}" >&2; status=1; }
+done
 exit $status

@@ -173,6 +173,25 @@ def load_config(path=None, overrides=None):
             raise ConfigError(_unknown(key) + (f' in {path}' if path and key not in (overrides or {}) else ''))
         cfg[key] = _coerce(key, value)
     _validate(cfg)
+    return _resolve_paths(cfg)
+
+
+# Path-valued keys: resolved against ACMIX_CWD when it is set (see _resolve_paths).
+PATH_KEYS = ('data_dir', 'output_dir', 'resume', 'checkpoint', 'pretrained', 'file_name')
+
+
+def _resolve_paths(cfg):
+    """With ACMIX_CWD set (an absolute folder), make the relative paths of PATH_KEYS absolute from it
+    ('~' expanded; resume 'auto' and empty values are left alone). The rank-table launcher runs each
+    rank in its own folder and sets ACMIX_CWD to the project root, so relative paths keep meaning what
+    they mean there."""
+    base = os.environ.get('ACMIX_CWD')
+    if not base:
+        return cfg
+    for key in PATH_KEYS:
+        value = cfg[key]
+        if isinstance(value, str) and value and not (key == 'resume' and value == 'auto'):
+            cfg[key] = os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(value)))
     return cfg
 
 

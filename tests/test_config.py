@@ -53,3 +53,23 @@ def test_command_line_error_exits_with_message(capsys):
     with pytest.raises(SystemExit):
         config_from_args('x', ['--bogus_key', '1'])
     assert "unknown config key 'bogus_key'" in capsys.readouterr().err
+
+
+def test_acmix_cwd_makes_relative_paths_absolute(monkeypatch, tmp_path):
+    """The rank-table launcher runs each rank in its own folder with ACMIX_CWD=<project root>: relative
+    paths still mean what they mean from there; absolute ones, resume 'auto' and empty values stay."""
+    values = {'data_dir': 'data/imagenet', 'output_dir': 'outputs/../outputs/run', 'resume': 'auto',
+              'checkpoint': '/abs/best.ckpt', 'pretrained': '', 'file_name': 'exported/net'}
+    monkeypatch.delenv('ACMIX_CWD', raising=False)
+    assert {k: load_config(None, values)[k] for k in values} == values
+    monkeypatch.setenv('ACMIX_CWD', str(tmp_path))
+    cfg = load_config(None, values)
+    assert cfg.data_dir == str(tmp_path / 'data' / 'imagenet')
+    assert cfg.output_dir == str(tmp_path / 'outputs' / 'run')
+    assert (cfg.resume, cfg.checkpoint, cfg.pretrained) == ('auto', '/abs/best.ckpt', '')
+    assert cfg.file_name == str(tmp_path / 'exported' / 'net')
+    assert load_config(None, {'resume': 'outputs/run/last.ckpt'}).resume == str(tmp_path / 'outputs/run/last.ckpt')
+    # a saved resolved config loads unchanged
+    save_config(cfg, str(tmp_path / 'config.yaml'))
+    assert load_config(str(tmp_path / 'config.yaml')) == cfg
+

@@ -1,5 +1,8 @@
-"""The launch scripts print their usage on wrong arguments, before any set-up."""
+"""The launch scripts print their usage on wrong arguments, before any set-up; the rank-table launcher
+takes each rank's ids from the table, runs it in its own folder, and rejects bad tables."""
+import json
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -13,3 +16,142 @@ def test_usage_on_missing_arguments(script):
     proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f'Usage: bash {os.path.join(ROOT, "scripts", script)}')
+
+
+# Rank-table launch (scripts/run_distribute_train.sh RANK_TABLE_FILE ...): the table is read by
+# src/tools/rank_table.py; DRY_RUN=1 prints each rank's command and starts nothing.
+PYTHON = os.path.join(ROOT, '.venv', 'bin', 'python')
+SCRIPT = os.path.join(ROOT, 'scripts', 'run_distribute_train.sh')
+CONFIG = os.path.join(ROOT, 'config', 'demo_cpu.yaml')
+
+
+def _table(servers, **extra):
+    """A rank table in the tutorial's format; servers: {server_id: [(device_id, rank_id), ...]}."""
+    table = {'version': '1.0', 'server_count': str(len(servers)), 'server_list': [
+        {'server_id': name, 'device': [{'device_id': str(d), 'device_ip': f'192.{d}.0.6', 'rank_id': str(r)}
+                                       for d, r in devices], 'host_nic_ip': 'reserve'}
+        for name, devices in servers.items()], 'status': 'completed'}
+    table.update(extra)
+    return table
+
+
+def _write(tmp_path, table, name='rank_table.json'):
+    path = tmp_path / name
+    path.write_text(table if isinstance(table, str) else json.dumps(table))
+    return str(path)
+
+
+def _launch(tmp_path, table_path, *args, **env):
+    (tmp_path / 'data').mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHON=PYTHON, **env)
+    return subprocess.run(['bash', SCRIPT, table_path, CONFIG, str(tmp_path / 'data'), *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+
+
+def _rank_table_tool(*args, **env):
+    return subprocess.run([PYTHON, '-m', 'src.tools.rank_table', *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=dict(os.environ, **env))
+
+
+def test_rank_table_dry_run_takes_ids_from_the_table(tmp_path):
+    # devices 4-7 carry ranks 0-3, listed out of order
+    path = _write(tmp_path, _table({'10.0.0.1': [(7, 3), (5, 1), (4, 0), (6, 2)]}))
+    proc = _launch(tmp_path, path, '4', '--output_dir', 'outputs/rel', '--epochs', '1', DRY_RUN='1')
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == 'dry run: nothing started'
+    heads, cmds = lines[0:-1:2], lines[1:-1:2]
+    assert len(heads) == len(cmds) == 4
+    run_dir = os.path.join(ROOT, 'outputs', 'rel')  # relative output_dir: from the project root
+    for rank, (head, cmd) in enumerate(zip(heads, cmds)):
+        rank_dir = os.path.join(run_dir, f'rank_{rank}')
+        assert head == (f'rank {rank}: device {rank + 4}, working directory {rank_dir}, '
+                        f'log {rank_dir}/train.log')
+        words = shlex.split(cmd)
+        assert words[:3] == ['cd', rank_dir, '&&']
+        assert words[3] == 'env'
+        env = dict(w.split('=', 1) for w in words[4:9])
+        assert env == {'RANK_TABLE_FILE': path, 'RANK_SIZE': '4', 'RANK_ID': str(rank),
+                       'DEVICE_ID': str(rank + 4), 'ACMIX_CWD': ROOT}
+        assert words[9:11] == [PYTHON, os.path.join(ROOT, 'train.py')]
+        assert words[11:] == ['--config', CONFIG, '--data_dir', str(tmp_path / 'data'), '--device_target',
+                              'Ascend', '--output_dir', 'outputs/rel', '--epochs', '1', '>',
+                              f'{rank_dir}/train.log', '2>&1']
+    assert not os.path.exists(run_dir)  # nothing created
+
+
+def test_rank_table_device_count_must_match_device_num(tmp_path):
+    path = _write(tmp_path, _table({'node_0': [(4, 0), (5, 1), (6, 2), (7, 3)]}))
+    proc = _launch(tmp_path, path, DRY_RUN='1')  # DEVICE_NUM defaults to 8
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ('error: the rank table lists 4 device(s) for server node_0, but DEVICE_NUM is 8: '
+                                   'pass DEVICE_NUM 4 or use another table')
+    assert proc.stdout == ''
+
+
+def test_malformed_rank_table_is_a_one_line_error(tmp_path):
+    path = _write(tmp_path, '{"server_list": [')
+    proc = _launch(tmp_path, path, '2', DRY_RUN='1')
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f'error: rank table {path} is not valid JSON: ')
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ''
+
+
+def test_rank_table_launch_runs_each_rank_in_its_folder(tmp_path):
+    """Not a dry run: one rank really starts (here it fails, no Ascend); its log is in its folder and the
+    launcher's exit status and message say so."""
+    path = _write(tmp_path, _table({'node_0': [(3, 0)]}))
+    proc = _launch(tmp_path, path, '1', '--output_dir', str(tmp_path / 'out'))
+    log = tmp_path / 'out' / 'rank_0' / 'train.log'
+    assert proc.returncode == 1
+    assert f'rank 0 on device 3: log {log}' in proc.stdout
+    assert proc.stderr.strip().endswith(f'error: a rank failed, see {log}')
+    assert log.read_text().strip()  # the rank's own output (its error) is in its log
+
+
+BAD_TABLES = [
+    ({'version': '1.0'}, 'rank table has no server_list'),
+    (_table({'n0': [(0, 0), (0, 1)]}), 'server n0 lists device_id 0 twice'),
+    (_table({'n0': [(0, 0), (1, 0)]}), 'rank_id 0 appears twice (servers n0 and n0)'),
+    (_table({'n0': [(0, 1), (1, 2)]}), 'rank ids must be 0..1, each once; the table has 1, 2'),
+    ({'server_list': [{'server_id': 'n0', 'device': [{'device_id': '0'}]}]}, 'server n0 device[0] has no rank_id'),
+    ({'server_list': [{'device': [{'device_id': '0', 'rank_id': '0'}]}]}, 'server_list[0] has no server_id'),
+    ({'server_list': [{'server_id': 'n0', 'device': [{'device_id': 'x', 'rank_id': '0'}]}]},
+     "server n0 device[0] device_id must be a non-negative integer, got 'x'"),
+    (_table({'n0': [(0, 0)]}, status='initializing'), "rank table status is 'initializing', not 'completed'"),
+    (_table({'n0': [(0, 0)]}, server_count='2'), "rank table server_count is '2' but server_list lists 1 server(s)"),
+    ('[1, 2]', 'expected a JSON object with a server_list'),
+]
+
+
+@pytest.mark.parametrize('table,message', BAD_TABLES)
+def test_rank_table_errors(tmp_path, table, message):
+    proc = _rank_table_tool(_write(tmp_path, table), '1')
+    assert proc.returncode == 1 and proc.stdout == ''
+    assert proc.stderr.startswith('error: ') and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_rank_table_missing_file(tmp_path):
+    proc = _rank_table_tool(str(tmp_path / 'none.json'), '1')
+    assert proc.returncode == 1 and proc.stderr.strip() == f'error: rank table file not found: {tmp_path}/none.json'
+
+
+def test_rank_table_several_servers_need_server_id(tmp_path):
+    path = _write(tmp_path, _table({'node_0': [(0, 0), (1, 1)], 'node_1': [(0, 2), (1, 3)]}))
+    proc = _rank_table_tool(path, '2', SERVER_ID='')
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: the rank table lists 2 servers (node_0, node_1): set SERVER_ID to this "
+                                   "machine's server_id")
+    proc = _rank_table_tool(path, '2', SERVER_ID='node_1')
+    assert proc.returncode == 0 and proc.stdout.splitlines() == ['2 0 4', '3 1 4']  # RANK_ID DEVICE_ID RANK_SIZE
+    proc = _rank_table_tool(path, '2', SERVER_ID='node_9')
+    assert proc.returncode == 1 and 'SERVER_ID node_9 is not in the rank table (servers: node_0, node_1)' in proc.stderr
+
+
+def test_rank_table_tool_does_not_import_mindspore(tmp_path):
+    path = _write(tmp_path, _table({'n0': [(4, 0)]}))
+    code = ('import sys; from src.tools import rank_table; rank_table.main([sys.argv[1], "1"]); '
+            'print("mindspore" in sys.modules)')
+    proc = subprocess.run([PYTHON, '-c', code, path], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.stdout.splitlines() == ['0 4 1', 'False']

@@ -1,0 +1,130 @@
+"""Read an Ascend rank table (the `server_list` format of MindSpore's rank-table tutorial) for the
+rank-table launcher, scripts/run_distribute_train.sh.
+
+    python -m src.tools.rank_table RANK_TABLE_FILE DEVICE_NUM [--server_id ID]
+
+prints one line per rank of this server, sorted by rank id: `RANK_ID DEVICE_ID RANK_SIZE`, three
+decimal integers (RANK_SIZE is the number of devices in the whole table). A table that lists several
+servers needs this server's `server_id`, from --server_id or the SERVER_ID environment variable; a
+one-server table needs none. An invalid table, or one that lists another number of devices than
+DEVICE_NUM for this server, is a one-line `error: ...` on stderr and exit code 1.
+
+Standard library only (no MindSpore), so it runs before any device set-up.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+
+class RankTableError(ValueError):
+    """The rank table cannot be used as it is."""
+
+
+def _index(value, what):
+    """A rank or device id: a decimal string (as the tutorial writes them) or a JSON integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and re.fullmatch(r'[0-9]+', value):
+        return int(value)
+    raise RankTableError(f'{what} must be a non-negative integer, got {value!r}')
+
+
+def load_table(path):
+    if not os.path.isfile(path):
+        raise RankTableError(f'rank table file not found: {path}')
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise RankTableError(f'cannot read rank table {path}: {err}') from None
+    except json.JSONDecodeError as err:
+        raise RankTableError(f'rank table {path} is not valid JSON: {err}') from None
+    if not isinstance(table, dict):
+        raise RankTableError(f'rank table {path}: expected a JSON object with a server_list')
+    return table
+
+
+def parse_table(table):
+    """{server_id: [(rank_id, device_id), ...] sorted by rank id}, after checking the table."""
+    if table.get('status', 'completed') != 'completed':
+        raise RankTableError(f"rank table status is {table['status']!r}, not 'completed' (not ready for use)")
+    servers = table.get('server_list')
+    if not isinstance(servers, list) or not servers:
+        raise RankTableError('rank table has no server_list (a list of servers with their devices)')
+    if 'server_count' in table and str(table['server_count']) != str(len(servers)):
+        raise RankTableError(f"rank table server_count is {table['server_count']!r} but server_list "
+                             f'lists {len(servers)} server(s)')
+    out, owner = {}, {}
+    for i, server in enumerate(servers):
+        if not isinstance(server, dict) or 'server_id' not in server:
+            raise RankTableError(f'server_list[{i}] has no server_id')
+        name = str(server['server_id'])
+        if name in out:
+            raise RankTableError(f'server_id {name} appears twice in server_list')
+        devices = server.get('device')
+        if not isinstance(devices, list) or not devices:
+            raise RankTableError(f'server {name} has no device list')
+        ranks, seen = [], {}
+        for j, device in enumerate(devices):
+            where = f'server {name} device[{j}]'
+            if not isinstance(device, dict):
+                raise RankTableError(f'{where} is not an object')
+            for field in ('device_id', 'rank_id'):
+                if field not in device:
+                    raise RankTableError(f'{where} has no {field}')
+            device_id = _index(device['device_id'], f'{where} device_id')
+            rank_id = _index(device['rank_id'], f'{where} rank_id')
+            if device_id in seen:
+                raise RankTableError(f'server {name} lists device_id {device_id} twice')
+            if rank_id in owner:
+                raise RankTableError(f'rank_id {rank_id} appears twice (servers {owner[rank_id]} and {name})')
+            seen[device_id] = owner[rank_id] = name
+            ranks.append((rank_id, device_id))
+        out[name] = sorted(ranks)
+    if sorted(owner) != list(range(len(owner))):
+        raise RankTableError(f'rank ids must be 0..{len(owner) - 1}, each once; the table has '
+                             f"{', '.join(map(str, sorted(owner)))}")
+    return out
+
+
+def ranks_for_server(table, device_num, server_id=None):
+    """(this server's [(rank_id, device_id), ...], RANK_SIZE = devices in the whole table)."""
+    servers = parse_table(table)
+    if server_id:
+        if server_id not in servers:
+            raise RankTableError(f"SERVER_ID {server_id} is not in the rank table (servers: {', '.join(servers)})")
+        name = server_id
+    elif len(servers) == 1:
+        name = next(iter(servers))
+    else:
+        raise RankTableError(f"the rank table lists {len(servers)} servers ({', '.join(servers)}): set SERVER_ID "
+                             "to this machine's server_id")
+    ranks = servers[name]
+    if len(ranks) != device_num:
+        raise RankTableError(f'the rank table lists {len(ranks)} device(s) for server {name}, but DEVICE_NUM is '
+                             f'{device_num}: pass DEVICE_NUM {len(ranks)} or use another table')
+    return ranks, sum(len(r) for r in servers.values())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m src.tools.rank_table',
+                                     description=__doc__.split('\n\n')[0])
+    parser.add_argument('rank_table_file')
+    parser.add_argument('device_num', type=int)
+    parser.add_argument('--server_id', default=os.environ.get('SERVER_ID', ''),
+                        help="this machine's server_id in the table (default: $SERVER_ID)")
+    args = parser.parse_args(argv)
+    try:
+        ranks, rank_size = ranks_for_server(load_table(args.rank_table_file), args.device_num, args.server_id)
+    except RankTableError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    for rank_id, device_id in ranks:
+        print(rank_id, device_id, rank_size)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
