@@ -21,14 +21,15 @@ from src.tools.weights import load_weights
 
 def main(argv=None):
     cfg = config_from_args(__doc__.split('\n\n')[0], argv)
-    setup_context(cfg.device_target, cfg.mode, distributed=False)
+    setup_context(cfg.device_target, cfg.mode, distributed=False, max_device_memory=cfg.max_device_memory,
+                  precision_mode=cfg.ascend_precision_mode)
     if not cfg.checkpoint:
         raise SystemExit('error: --checkpoint is required')
     net = load_weights(build_model(cfg), cfg.checkpoint)
     set_bad_image_policy(cfg.bad_images)
     val_dir = os.path.join(cfg.data_dir, 'val')
     with readable_images():
-        result = evaluate(net, build_dataset(cfg, 'val'), progress=Progress('eval', 'batches'))
+        result = evaluate(net, build_dataset(cfg, 'val'), progress=Progress('eval', 'batches'), jit_level=cfg.jit_level)
     result['unreadable_skipped'] = count_images(val_dir) - result['count']
     print(json.dumps({'checkpoint': os.path.basename(cfg.checkpoint), **result}))
     return 0

@@ -65,7 +65,8 @@ def main(argv=None):
     if device not in available_devices() and cfg.file_format != 'AIR':
         print(f'note: {device} is not available here; exporting on the CPU (the graph is the same)', file=sys.stderr)
         device = 'CPU'
-    setup_context(device, cfg.mode, distributed=False)
+    setup_context(device, cfg.mode, distributed=False, max_device_memory=cfg.max_device_memory,
+                  precision_mode=cfg.ascend_precision_mode)
     cfg.model_overrides = {**cfg.model_overrides, 'formulation': 'portable'}
     net = build_model(cfg)
     if cfg.checkpoint:

@@ -37,7 +37,9 @@ def pretrained_loader(cfg):
 
 def main(argv=None):
     cfg = config_from_args(__doc__.split('\n\n')[0], argv)
-    rank, group_size = setup_context(cfg.device_target, cfg.mode, data_parallel=cfg.data_parallel)
+    rank, group_size = setup_context(cfg.device_target, cfg.mode, data_parallel=cfg.data_parallel,
+                                      max_device_memory=cfg.max_device_memory,
+                                      precision_mode=cfg.ascend_precision_mode)
     history = train(cfg, rank, group_size,
                     on_start=lambda: save_config(cfg, os.path.join(cfg.output_dir, 'config.yaml')),
                     init_weights=pretrained_loader(cfg))

@@ -8,6 +8,7 @@ module reads configuration at import time.
 import argparse
 import difflib
 import os
+import re
 
 import yaml
 
@@ -55,6 +56,21 @@ SCHEMA = {
     'data_parallel': (True, 'under msrun/rank table: average gradients over ranks (false: ranks train '
                             'independently on their shards; a debugging control)'),
     'amp_level': ('O0', 'O0 (fp32) | O1 | O2 | O3; O1-O3 use dynamic loss scaling'),
+    'jit_level': ('O0', "graph compilation of the training step and evaluation: O0 (kernel by kernel, "
+                        "MindSpore's default) | O1 (operator fusion)"),
+    'max_device_memory': ('', "device memory limit of MindSpore's memory pool, e.g. '30GB' "
+                              "(ms.runtime.set_memory); '' = the framework's default"),
+    'ascend_precision_mode': ('', "Ascend only: operator precision mode (ms.device_context.ascend.op_precision."
+                                  "precision_mode); '' = the framework's default. must_keep_origin_dtype keeps "
+                                  "float32 matmuls and convolutions in float32, which parity with the official "
+                                  "logits needs"),
+    'loss_scale': (65536.0, 'O1-O3: initial dynamic loss scale (2**16); halved on each overflow (down to 1), '
+                            'doubled after 1000 steps without one. A resumed run continues with the saved scale'),
+    # 32 is twice the 16 overflows that take the default scale 2**16 down to its floor of 1: the
+    # search for a working scale at the start never skips that many in a row, and at scale 1 more
+    # halving cannot help. A stalled run (every step skipped) stops after 32 lost steps.
+    'max_skipped_steps': (32, 'O1-O3: stop with an error after this many steps in a row skipped for '
+                              'gradient overflow (halving the scale each time)'),
     'seed': (1, 'random seed'),
     'output_dir': ('outputs/run', 'checkpoints, logs, metrics and the resolved config go here'),
     'log_interval': (20, 'log a line every N steps'),
@@ -79,6 +95,10 @@ CHOICES = {
     'device_target': ('CPU', 'GPU', 'Ascend'),
     'mode': ('graph', 'pynative'),
     'amp_level': ('O0', 'O1', 'O2', 'O3'),
+    'jit_level': ('O0', 'O1'),
+    'ascend_precision_mode': ('', 'must_keep_origin_dtype', 'allow_fp32_to_fp16', 'force_fp16', 'force_fp32',
+                              'allow_mix_precision', 'allow_mix_precision_fp16', 'allow_mix_precision_bf16',
+                              'allow_fp32_to_bf16'),
     'file_format': ('MINDIR', 'ONNX', 'AIR'),
 }
 
@@ -105,8 +125,14 @@ def _unknown(key):
     return f"unknown config key '{key}'" + (f" (did you mean {', '.join(close)}?)" if close else '')
 
 
+# YAML 1.1 (PyYAML) reads 1e-3 and 1e30 as strings: a number needs a dot there (1.0e-3).
+_SCIENTIFIC = re.compile(r'[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+')
+
+
 def _coerce(key, value):
     default = SCHEMA[key][0]
+    if isinstance(value, str) and (default is None or isinstance(default, float)) and _SCIENTIFIC.fullmatch(value):
+        value = float(value)
     if value is None or default is None:
         return value
     if isinstance(default, bool):
@@ -128,9 +154,14 @@ def _validate(cfg):
         if cfg[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {cfg[key]!r}")
     for key in ('num_classes', 'image_size', 'batch_size', 'eval_batch_size', 'epochs', 'log_interval',
-                'keep_checkpoint_max', 'lr_base_batch', 'export_batch_size'):
+                'keep_checkpoint_max', 'lr_base_batch', 'export_batch_size', 'max_skipped_steps'):
         if cfg[key] < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {cfg[key]}")
+    float32_max = 3.4028234663852886e38  # the scale is a float32 Parameter, at least 1 (DynamicLossScaler)
+    if not 1.0 <= cfg.loss_scale <= float32_max:
+        raise ConfigError(f"config key 'loss_scale' must be between 1 and {float32_max:.4g}, got {cfg.loss_scale}")
+    if cfg.max_device_memory and not re.fullmatch(r'[0-9]+(\.[0-9]+)?GB', cfg.max_device_memory):
+        raise ConfigError(f"config key 'max_device_memory' must look like '30GB' (or be empty), got {cfg.max_device_memory!r}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
 

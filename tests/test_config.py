@@ -73,3 +73,23 @@ def test_acmix_cwd_makes_relative_paths_absolute(monkeypatch, tmp_path):
     save_config(cfg, str(tmp_path / 'config.yaml'))
     assert load_config(str(tmp_path / 'config.yaml')) == cfg
 
+
+def test_numbers_in_scientific_notation(tmp_path):
+    """PyYAML reads 1e-3 as a string (YAML 1.1 wants 1.0e-3): float keys take it as a number anyway."""
+    path = tmp_path / 'c.yaml'
+    path.write_text('lr: 5e-4\nclip_grad: 1e1\n')
+    cfg = load_config(str(path), parse_overrides(['--loss_scale', '1e30', '--warmup_lr', '-5E-7']))
+    assert (cfg.lr, cfg.clip_grad, cfg.loss_scale, cfg.warmup_lr) == (5e-4, 10.0, 1e30, -5e-7)
+    assert load_config(None, {'output_dir': '1e3'}).output_dir == '1e3'  # strings stay strings
+
+
+def test_device_settings_are_checked():
+    cfg = load_config(None, parse_overrides(['--jit_level', 'O1', '--max_device_memory', '30GB',
+                                             '--ascend_precision_mode', 'must_keep_origin_dtype']))
+    assert (cfg.jit_level, cfg.max_device_memory, cfg.ascend_precision_mode) == ('O1', '30GB', 'must_keep_origin_dtype')
+    with pytest.raises(ConfigError, match="'max_device_memory' must look like '30GB'"):
+        load_config(None, {'max_device_memory': '30G'})
+    with pytest.raises(ConfigError, match="'ascend_precision_mode' must be one of"):
+        load_config(None, {'ascend_precision_mode': 'fp32'})
+    with pytest.raises(ConfigError, match="'jit_level' must be one of O0, O1"):
+        load_config(None, {'jit_level': 'O2'})

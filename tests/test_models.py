@@ -135,17 +135,20 @@ def test_forward_and_training_step(arch):
     assert len(changed) > 0.9 * len(before)
 
 
-@pytest.mark.parametrize('arch', ['swin_mini', 'acmix_swin_mini', 'acmix_resnet_mini'])
-def test_mixed_precision_training_step(arch):
+@pytest.mark.parametrize('arch,formulation', [('swin_mini', None), ('acmix_swin_mini', 'cpu'),
+                                              ('acmix_swin_mini', 'portable'), ('acmix_resnet_mini', 'cpu'),
+                                              ('acmix_resnet_mini', 'portable')])
+def test_mixed_precision_training_step(arch, formulation):
     """The shipped ImageNet configs train at amp_level O2: parameters the layers use directly (the
     relative position bias table, the proj weights with the rate folded in) stay float32 there."""
     from src.engine.train_step import make_train_step
     overrides, size = SMALL[arch]
-    net = ms.amp.auto_mixed_precision(create_model(arch, num_classes=5, **overrides), 'O2')
+    net = create_model(arch, num_classes=5, formulation=formulation, **overrides)
+    net = ms.amp.auto_mixed_precision(net, 'O2')
     net.set_train(True)
     opt = nn.SGD(net.trainable_params(), learning_rate=0.01)
     scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 10, scale_factor=2, scale_window=1000)
     step = make_train_step(net, nn.CrossEntropyLoss(), opt, scaler)
     x = Tensor(np.random.randn(2, 3, size, size).astype(np.float32))
-    loss = step(x, Tensor(np.array([1, 3], np.int32)))
-    assert np.isfinite(loss.asnumpy()).all()
+    loss, overflow, loss_scale = step(x, Tensor(np.array([1, 3], np.int32)))
+    assert np.isfinite(loss.asnumpy()).all() and not overflow.asnumpy() and loss_scale.asnumpy() == 2.0 ** 10

@@ -1,5 +1,6 @@
-"""Device, execution mode and data-parallel set-up."""
+"""Device, execution mode, device settings and data-parallel set-up."""
 import os
+import sys
 
 import mindspore as ms
 
@@ -27,10 +28,32 @@ def launched_distributed():
     return bool(os.environ.get('RANK_TABLE_FILE')) and int(os.environ.get('RANK_SIZE', '1')) > 1
 
 
-def setup_context(device_target='CPU', mode='graph', distributed=None, data_parallel=True):
-    """Set the device and mode; when launched for several ranks, initialise communication and
-    (unless data_parallel is False, a debugging control where ranks train independently on their
-    shards) data-parallel mode.
+_memory_limit = []  # ms.runtime.set_memory may be called once per process
+
+
+def apply_device_settings(device_target, max_device_memory='', precision_mode=''):
+    """The device settings of the config: the memory pool's limit (any device) and, on Ascend, the
+    operator precision mode ('' keeps the framework's default for either)."""
+    if max_device_memory:
+        if not _memory_limit:
+            ms.runtime.set_memory(max_size=max_device_memory)
+            _memory_limit.append(max_device_memory)
+        elif _memory_limit[0] != max_device_memory:
+            raise DeviceError(f'max_device_memory is {_memory_limit[0]} in this process already; MindSpore '
+                              f'sets it once per process (asked for {max_device_memory})')
+    if precision_mode:
+        if device_target == 'Ascend':
+            ms.device_context.ascend.op_precision.precision_mode(precision_mode)
+        else:
+            print(f'note: ascend_precision_mode applies to Ascend only; ignored on {device_target}',
+                  file=sys.stderr)
+
+
+def setup_context(device_target='CPU', mode='graph', distributed=None, data_parallel=True,
+                  max_device_memory='', precision_mode=''):
+    """Set the device, mode and device settings (apply_device_settings); when launched for several
+    ranks, initialise communication and (unless data_parallel is False, a debugging control where
+    ranks train independently on their shards) data-parallel mode.
 
     Returns (rank, group_size).
     """
@@ -44,6 +67,7 @@ def setup_context(device_target='CPU', mode='graph', distributed=None, data_para
         ms.set_device(device_target, int(device_id))
     else:
         ms.set_device(device_target)
+    apply_device_settings(device_target, max_device_memory, precision_mode)
     if distributed is None:
         distributed = launched_distributed()
     if not distributed:

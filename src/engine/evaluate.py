@@ -1,5 +1,6 @@
 """Top-1, top-5 and loss over every sample of a dataset."""
 import numpy as np
+import mindspore as ms
 from mindspore import ops
 
 from ..data.imagefolder import DataError
@@ -10,15 +11,20 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def evaluate(net, dataset, progress=None):
+def evaluate(net, dataset, progress=None, jit_level='O0'):
     """Runs `net` in eval mode over `dataset` (images, int labels), keeping every sample
     (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}. `progress`: a
-    src.progress.Progress, updated per batch.
+    src.progress.Progress, updated per batch. jit_level: of the compiled forward, 'O0' or 'O1'.
 
     A smaller last batch is padded to the first batch's size and the padding is dropped from the
     outputs, so graph mode compiles one shape only.
     """
     net.set_train(False)
+
+    @ms.jit(jit_level=jit_level)
+    def forward(images):
+        return net(images)
+
     correct1 = correct5 = 0
     loss_sum, count = 0.0, 0
     num_batches = dataset.get_dataset_size()
@@ -29,7 +35,7 @@ def evaluate(net, dataset, progress=None):
         if n < batch_size:
             pad = ops.tile(images[:1], (batch_size - n, 1, 1, 1))
             images = ops.cat((images, pad), 0)
-        logits = net(images).asnumpy()[:n].astype(np.float64)
+        logits = forward(images).asnumpy()[:n].astype(np.float64)
         labels = labels.asnumpy().astype(np.int64).reshape(-1)
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1)[:, :k]

@@ -26,7 +26,7 @@ EPOCH_CKPT = re.compile(r'epoch_(\d+)\.ckpt$')
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss is not finite)."""
+    """Training cannot go on (e.g. the loss is not finite, or every step overflows)."""
 
 
 LOG_FORMAT = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
@@ -80,6 +80,30 @@ class SoftTargetCrossEntropy(nn.Cell):
         return (-targets * ops.log_softmax(logits.astype(ms.float32), axis=-1)).sum(-1).mean()
 
 
+# Training-checkpoint metadata of the loss scaler: a resumed run continues with the scale, the
+# scaler's count of overflow-free steps towards the next increase, and the streak of skipped steps
+# the uninterrupted run would have had.
+LOSS_SCALE_META = 'loss_scale'
+LOSS_SCALE_COUNTER_META = 'loss_scale_counter'
+SKIPPED_IN_A_ROW_META = 'skipped_in_a_row'
+
+
+def loss_scaler_meta(loss_scaler, skipped_in_a_row):
+    return {LOSS_SCALE_META: float(loss_scaler.scale_value.asnumpy()),
+            LOSS_SCALE_COUNTER_META: int(loss_scaler.counter.asnumpy()), SKIPPED_IN_A_ROW_META: skipped_in_a_row}
+
+
+def restore_loss_scaler(loss_scaler, meta):
+    """Set a DynamicLossScaler's state from checkpoint metadata; returns the streak of skipped
+    steps. A checkpoint without it (saved by a run without loss scaling) leaves the scaler at its
+    configured initial state."""
+    if LOSS_SCALE_META not in meta:
+        return 0
+    loss_scaler.scale_value.set_data(ms.Tensor(meta[LOSS_SCALE_META], ms.float32))
+    loss_scaler.counter.set_data(ms.Tensor(meta[LOSS_SCALE_COUNTER_META], ms.int32))
+    return int(meta[SKIPPED_IN_A_ROW_META])
+
+
 def _write_json(path, obj):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -130,13 +154,15 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     loss_scaler = None
     if cfg.amp_level != 'O0':
         net = ms.amp.auto_mixed_precision(net, cfg.amp_level)
-        loss_scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
+        loss_scaler = ms.amp.DynamicLossScaler(scale_value=cfg.loss_scale, scale_factor=2, scale_window=1000)
     grad_reducer = None
     if group_size > 1 and cfg.data_parallel:
         grad_reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size)
-    step_fn = make_train_step(net, SoftTargetCrossEntropy(), optimizer, loss_scaler, cfg.clip_grad, grad_reducer)
+    step_fn = make_train_step(net, SoftTargetCrossEntropy(), optimizer, loss_scaler, cfg.clip_grad, grad_reducer,
+                              cfg.jit_level)
 
     start_epoch, best_top1, history = 0, -1.0, []
+    skipped_in_a_row = 0  # consecutive skipped steps, across epoch ends
     metrics_path = os.path.join(cfg.output_dir, 'metrics.json')
     resume = cfg.resume
     if resume == 'auto':
@@ -148,6 +174,8 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
         meta = load_training_checkpoint(resume, net, optimizer)
         start_epoch = int(meta.get('epoch', 0))
         best_top1 = float(meta.get('best_top1', -1.0))
+        if loss_scaler is not None:
+            skipped_in_a_row = restore_loss_scaler(loss_scaler, meta)
         if os.path.isfile(metrics_path):
             with open(metrics_path) as f:
                 history = [r for r in json.load(f) if r['epoch'] <= start_epoch]
@@ -161,34 +189,52 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     if resume:
         log.info('resumed from %s: %d epochs done, continuing at epoch %d, lr %.6g', resume, start_epoch,
                  start_epoch + 1, float(lrs[min(start_epoch * steps_per_epoch, len(lrs) - 1)]))
+        if loss_scaler is not None:
+            log.info('loss scale %g (%s)', float(loss_scaler.scale_value.asnumpy()),
+                     'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
     log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
              cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
              cfg.amp_level)
     last_good = resume or None
     total_steps = cfg.epochs * steps_per_epoch
-    run_start, run_steps = time.time(), 0
+    run_start, run_steps, run_skipped = time.time(), 0, 0
     n_val_images = count_images(val_dir) if has_val else 0
     with readable_images():  # an undecodable image: an error naming the file
         for epoch in range(start_epoch, cfg.epochs):
             net.set_train(True)
-            epoch_start, losses = time.time(), []
+            epoch_start, losses, skipped_steps = time.time(), [], 0
             data = train_data(epoch)
             i = 0
             for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), 1):
-                loss = float(step_fn(images, targets).asnumpy())
+                loss, overflow, loss_scale = (out.asnumpy().item() for out in step_fn(images, targets))
                 global_step = epoch * steps_per_epoch + i
                 if not math.isfinite(loss) and loss_scaler is None:
                     raise TrainingError(f'loss is {loss} at epoch {epoch + 1}, step {i} (global step {global_step}); '
                                         f'last good checkpoint: {last_good or "none"}. Lower the lr or enable clip_grad.')
+                if overflow:
+                    skipped_steps += 1
+                    run_skipped += 1
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row >= cfg.max_skipped_steps:
+                        raise TrainingError(
+                            f'{skipped_in_a_row} steps in a row skipped for gradient overflow, the last at epoch '
+                            f'{epoch + 1}, step {i} (global step {global_step}); loss scale now {loss_scale:g}; last '
+                            f'good checkpoint: {last_good or "none"}. Lower the lr or the loss_scale, enable clip_grad '
+                            'or train at amp_level O0; on Ascend in saturation mode, +-inf anywhere in the forward '
+                            'pass sets the overflow flag.')
+                else:
+                    skipped_in_a_row = 0
                 losses.append(loss)
                 run_steps += 1
                 if i % cfg.log_interval == 0 or i == steps_per_epoch:
                     elapsed = time.time() - run_start
                     rate = run_steps * global_batch / elapsed
                     eta = (total_steps - global_step) * elapsed / run_steps
-                    log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
-                             steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]), rate,
-                             format_duration(eta))
+                    scaling = ('' if loss_scaler is None else
+                               f' loss scale {loss_scale:g} (skipped {skipped_steps} of {i} steps)')
+                    log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g%s %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
+                             steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]),
+                             scaling, rate, format_duration(eta))
             if i == 0:
                 raise DataError(f'no batch of training images could be read in epoch {epoch + 1}')
             if i < steps_per_epoch:
@@ -196,9 +242,11 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                             '(GLOG_v=2 makes MindSpore name each)', epoch + 1, i, steps_per_epoch)
             record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(lrs[global_step - 1]),
                       'epoch_time_s': round(time.time() - epoch_start, 2)}
+            if loss_scaler is not None:
+                record.update(loss_scale=loss_scale, skipped_steps=skipped_steps)
             is_last = epoch + 1 == cfg.epochs
             if has_val and ((cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0) or is_last):
-                val = evaluate(net, build_dataset(cfg, 'val', class_indexing=class_indexing))
+                val = evaluate(net, build_dataset(cfg, 'val', class_indexing=class_indexing), jit_level=cfg.jit_level)
                 record.update(val_top1=val['top1'], val_top5=val['top5'], val_loss=val['loss'])
                 unreadable = n_val_images - val['count']
                 log.info('epoch %d val top-1 %.4f top-5 %.4f loss %.4f (%d images%s)', epoch + 1, val['top1'],
@@ -210,6 +258,8 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                 # the checkpoints, which resume trims, never behind.
                 _write_json(metrics_path, history)
                 meta = {'epoch': epoch + 1, 'best_top1': max(best_top1, record.get('val_top1', -1.0))}
+                if loss_scaler is not None:
+                    meta.update(loss_scaler_meta(loss_scaler, skipped_in_a_row))
                 path = save_training_checkpoint(os.path.join(ckpt_dir, f'epoch_{epoch + 1:03d}.ckpt'), net, optimizer, meta)
                 last_good = path
                 if record.get('val_top1', -1.0) > best_top1:
@@ -219,7 +269,10 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                 for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
                     os.remove(old)
     # Every rank reports it: with data parallelism all ranks must end with the same trainable weights.
-    print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}', flush=True)
+    # With loss scaling they must also have skipped the same steps: equal scales and counts.
+    scaling = '' if loss_scaler is None else (f', loss scale {float(loss_scaler.scale_value.asnumpy()):g}, '
+                                              f'{run_skipped} of {run_steps} steps skipped')
+    print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}{scaling}', flush=True)
     return history
 
 

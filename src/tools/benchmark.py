@@ -1,7 +1,8 @@
 """Speed and peak memory of models in graph mode, each (arch, mode) in a fresh process.
 
     python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
-        --batch_size 8 --image_size 224 [--device_target CPU] [--steps 5] [--rounds 3] [--json out.json]
+        --batch_size 8 --image_size 224 [--device_target CPU] [--formulation cpu|portable] [--steps 5] \
+        [--rounds 3] [--json out.json]
 
 Each run builds the model, compiles and runs `--warmup` steps, then times `--steps` steps and
 reports the median. compile_s is graph compilation alone, the time between MindSpore's own "Start
@@ -34,7 +35,7 @@ COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) 
 COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'}
 
 
-def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
+def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None):
     """Measure one (arch, mode) in this process; returns a record with KEYS, compile_s None: the
     parent process reads it from this process's log (compile_seconds)."""
     import numpy as np
@@ -46,7 +47,7 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(device_target)
-    net = create_model(arch, num_classes=1000, **size_overrides(arch, image_size))
+    net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
     images = Tensor(np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
     labels = Tensor(np.arange(batch_size, dtype=np.int32) % 1000)
     if mode == 'infer':
@@ -60,7 +61,8 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps):
         train_step = make_train_step(net, nn.CrossEntropyLoss(), opt)
 
         def step():
-            return train_step(images, labels)
+            loss, _, _ = train_step(images, labels)
+            return loss
 
     def timed():
         start = time.perf_counter()
@@ -100,6 +102,8 @@ def run_isolated(arch, mode, args):
     cmd = [sys.executable, '-m', 'src.tools.benchmark', '--worker', '--arch', arch, '--mode', mode,
            '--batch_size', str(args.batch_size), '--image_size', str(args.image_size),
            '--device_target', args.device_target, '--warmup', str(args.warmup), '--steps', str(args.steps)]
+    if args.formulation:
+        cmd += ['--formulation', args.formulation]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=dict(os.environ, **COMPILE_LOG_ENV))
     for line in proc.stdout.splitlines():
@@ -188,6 +192,8 @@ def main(argv=None):
     parser.add_argument('--batch_size', type=int, default=8)
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
+    parser.add_argument('--formulation', default=None, choices=['cpu', 'portable'],
+                        help='of the ACmix layers (default: the device target decides, src/layers/formulation.py)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps; the first (first_step_s) includes compilation')
     parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
     parser.add_argument('--rounds', type=int, default=1,
@@ -201,7 +207,7 @@ def main(argv=None):
 
     if args.worker:
         record = run_one(args.arch[0], args.mode[0], args.batch_size, args.image_size, args.device_target,
-                         args.warmup, args.steps)
+                         args.warmup, args.steps, args.formulation)
         print(RESULT_TAG + json.dumps(record), flush=True)
         return 0
 

@@ -78,7 +78,8 @@ def main(argv=None):
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         parser.error(f'image file(s) not found: {", ".join(missing)}')
-    setup_context(cfg.device_target, cfg.mode, distributed=False)
+    setup_context(cfg.device_target, cfg.mode, distributed=False, max_device_memory=cfg.max_device_memory,
+                  precision_mode=cfg.ascend_precision_mode)
     names = display_names(cfg)
     predictor = load_predictor(cfg, cfg.checkpoint, args.mindir)
     correct = 0

@@ -1,0 +1,161 @@
+"""Mixed precision with dynamic loss scaling: overflowing steps are skipped, counted and reported,
+a run that only skips stops with an error, resume continues with the saved scale; and gradient
+clipping by global norm without the deprecated MindSpore call."""
+import json
+import os
+import re
+import shutil
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+import train as train_script
+from conftest import tiny_config
+from src.config import ConfigError
+from src.engine.checkpoint import load_training_checkpoint
+from src.engine.train_step import clip_by_global_norm, make_train_step
+from src.engine.trainer import build_model, train
+from src.tools.cli import run_main
+
+# fp16 gradients of resnet_mini on the tiny set overflow at this scale, not at a few halvings below it.
+OVERFLOWING_SCALE = 2.0 ** 20
+
+
+@pytest.mark.parametrize('clip_norm', [0.5, 100.0])
+def test_clip_by_global_norm_matches_numpy(clip_norm):
+    rng = np.random.default_rng(1)
+    grads = [np.asarray(rng.normal(size=shape), np.float32) for shape in ((3, 4), (5,), (2, 2, 3), ())]
+    global_norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+    assert 0.5 < global_norm < 100.0  # one case clips, the other leaves the gradients as they are
+    expected = [g * clip_norm / max(global_norm, clip_norm) for g in grads]
+
+    @ms.jit
+    def clip(tensors):
+        return clip_by_global_norm(tensors, clip_norm)
+    got = clip(tuple(Tensor(g) for g in grads))
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == ms.float32
+        np.testing.assert_allclose(g.asnumpy(), e, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_by_global_norm_of_float16_gradients_sums_in_float32():
+    # 300**2 is beyond float16's range (65504): a float16 sum of squares would be inf.
+    grads = (Tensor(np.full((3,), 300, np.float16)), Tensor(np.ones((2, 2), np.float32)))
+    got = clip_by_global_norm(grads, 1.0)
+    norm = np.sqrt(3 * 300.0 ** 2 + 4)
+    assert got[0].dtype == ms.float16 and got[1].dtype == ms.float32
+    np.testing.assert_allclose(got[0].asnumpy(), 300 / norm, rtol=1e-3)
+    np.testing.assert_allclose(got[1].asnumpy(), 1 / norm, rtol=1e-6)
+
+
+def _dense_sgd_update(clip_grad, loss_scale):
+    """The weight change of one make_train_step step with plain SGD at lr 1 (so minus the applied
+    gradients) on a small Dense layer, the same weights and batch every call."""
+    rng = np.random.default_rng(2)
+    net = nn.Dense(4, 3)
+    for param in net.trainable_params():
+        param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
+    before = [p.asnumpy().copy() for p in net.trainable_params()]
+    scaler = None if loss_scale is None else ms.amp.DynamicLossScaler(loss_scale, 2, 1000)
+    step = make_train_step(net, nn.CrossEntropyLoss(), nn.SGD(net.trainable_params(), learning_rate=1.0), scaler,
+                           clip_grad)
+    loss, overflow, reported_scale = step(Tensor(rng.normal(size=(6, 4)).astype(np.float32) * 3),
+                                          Tensor(np.array([0, 1, 2, 0, 1, 2], np.int32)))
+    assert np.isfinite(loss.asnumpy()) and not overflow.asnumpy()
+    assert reported_scale.asnumpy() == (1.0 if loss_scale is None else loss_scale)
+    return [b - p.asnumpy() for b, p in zip(before, net.trainable_params())]
+
+
+@pytest.mark.parametrize('loss_scale', [None, 2.0 ** 10])
+def test_train_step_clips_the_unscaled_gradients(loss_scale):
+    gradients = _dense_sgd_update(None, None)
+    global_norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in gradients))
+    clip_norm = global_norm / 4
+    clipped = _dense_sgd_update(clip_norm, loss_scale)
+    for c, g in zip(clipped, gradients):
+        np.testing.assert_allclose(c, g * clip_norm / global_norm, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('key, value', [('loss_scale', 0.5), ('loss_scale', float('inf')), ('max_skipped_steps', 0)])
+def test_loss_scaling_keys_are_validated(key, value):
+    from src.config import load_config
+    with pytest.raises(ConfigError, match=f"config key '{key}' must be"):
+        load_config(None, {key: value})
+
+
+@pytest.fixture(scope='module')
+def overflowing_run(tiny_imagefolder, tmp_path_factory):
+    """4 epochs at amp O2 from a loss scale the fp16 gradients overflow at; all checkpoints kept."""
+    out = tmp_path_factory.mktemp('overflowing_run')
+    cfg = tiny_config(tiny_imagefolder, out, epochs=4, eval_interval=0, keep_checkpoint_max=4, amp_level='O2',
+                      loss_scale=OVERFLOWING_SCALE)
+    return out, train(cfg)
+
+
+def test_overflowing_steps_are_skipped_counted_and_training_recovers(overflowing_run):
+    out, history = overflowing_run
+    skipped = [r['skipped_steps'] for r in history]
+    scales = [r['loss_scale'] for r in history]
+    assert skipped[0] > 0 and sum(skipped) < 4 * 3, skipped
+    assert skipped[-1] == 0 and skipped[-2] == 0, skipped  # recovered: the last epochs apply every step
+    # Each skipped step halved the scale (no increase: that takes 1000 clean steps), so the counts and
+    # the scales the step reported agree.
+    assert scales == [OVERFLOWING_SCALE / 2 ** n for n in np.cumsum(skipped)], (scales, skipped)
+    assert history[-1]['train_loss'] < history[0]['train_loss']
+    assert json.loads((out / 'metrics.json').read_text()) == history
+    log = (out / 'train.log').read_text()
+    assert re.search(rf'epoch 1/4 step 1/3 loss \S+ lr \S+ loss scale {OVERFLOWING_SCALE / 2:g} \(skipped 1 of 1 steps\) ',
+                     log), log
+
+
+def test_resume_continues_with_the_saved_loss_scale(overflowing_run, tiny_imagefolder, tmp_path):
+    full_dir, full = overflowing_run
+    saved = load_training_checkpoint(str(full_dir / 'checkpoints' / 'epoch_002.ckpt'),
+                                     build_model(tiny_config(tiny_imagefolder, tmp_path)))
+    assert saved['loss_scale'] == full[1]['loss_scale'] < OVERFLOWING_SCALE
+    # The scaler's count of clean steps since the last overflow (it doubles the scale at 1000).
+    assert saved['loss_scale_counter'] > 0
+    os.makedirs(tmp_path / 'checkpoints')
+    shutil.copy(full_dir / 'checkpoints' / 'epoch_002.ckpt', tmp_path / 'checkpoints')
+    (tmp_path / 'metrics.json').write_text(json.dumps(full[:2]))
+    # Restarted from OVERFLOWING_SCALE, epoch 3 would skip steps again; from the saved scale it is the
+    # uninterrupted run's epoch 3.
+    resumed = train(tiny_config(tiny_imagefolder, tmp_path, epochs=4, eval_interval=0, keep_checkpoint_max=4,
+                                amp_level='O2', loss_scale=OVERFLOWING_SCALE, resume='auto'))
+    for a, b in zip(full[2:], resumed[2:]):
+        assert (a['loss_scale'], a['skipped_steps']) == (b['loss_scale'], b['skipped_steps'])
+        np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
+    net = build_model(tiny_config(tiny_imagefolder, tmp_path))
+    full_end = load_training_checkpoint(str(full_dir / 'checkpoints' / 'epoch_004.ckpt'), net)
+    resumed_end = load_training_checkpoint(str(tmp_path / 'checkpoints' / 'epoch_004.ckpt'), net)
+    assert resumed_end['loss_scale_counter'] == full_end['loss_scale_counter'] > saved['loss_scale_counter']
+    assert f'loss scale {saved["loss_scale"]:g} (from the checkpoint)' in (tmp_path / 'train.log').read_text()
+
+
+def test_a_run_that_only_skips_steps_stops_with_one_error_line(tiny_imagefolder, tmp_path, capsys):
+    # Every step overflows at 1e30, and halving it 5 times cannot help: stop at the fifth, in epoch 2.
+    argv = ['--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--data_dir', tiny_imagefolder,
+            '--output_dir', str(tmp_path), '--batch_size', '8', '--num_workers', '1', '--crop_pct', '1.0',
+            '--epochs', '3', '--warmup_epochs', '0', '--eval_interval', '0', '--amp_level', 'O2',
+            '--loss_scale', '1.0e+30', '--max_skipped_steps', '5']  # (yaml reads 1e30 as a string)
+    code = run_main(train_script.main, argv)
+    err = capsys.readouterr().err
+    last_checkpoint = tmp_path / 'checkpoints' / 'epoch_001.ckpt'
+    scale = float(np.float32(1e30)) / 2 ** 5
+    assert code == 2 and err.count('\n') == 1, err
+    assert err.startswith('error: 5 steps in a row skipped for gradient overflow, the last at epoch 2, step 2 '
+                          f'(global step 5); loss scale now {scale:g}; last good checkpoint: {last_checkpoint}. '), err
+    assert os.listdir(tmp_path / 'checkpoints') == ['epoch_001.ckpt']
+    [epoch_1] = json.loads((tmp_path / 'metrics.json').read_text())
+    assert epoch_1['skipped_steps'] == 3 and epoch_1['loss_scale'] == float(np.float32(1e30)) / 2 ** 3
+
+
+def test_records_without_loss_scaling_have_no_loss_scale_fields(tiny_imagefolder, tmp_path):
+    history = train(tiny_config(tiny_imagefolder, tmp_path, epochs=1, eval_interval=0))
+    assert 'loss_scale' not in history[0] and 'skipped_steps' not in history[0]
+    assert 'loss scale' not in (tmp_path / 'train.log').read_text()
+    meta = load_training_checkpoint(str(tmp_path / 'checkpoints' / 'epoch_001.ckpt'),
+                                    build_model(tiny_config(tiny_imagefolder, tmp_path)))
+    assert 'loss_scale' not in meta
