@@ -1,0 +1,94 @@
+"""The graph audit (src/tools/audit_graph.py): its allowlist against the installed MindSpore's API
+docstrings, that it catches each kind of violation in a real compiled graph, and that every registered
+model passes it in the portable formulation, both targets, training (O0 and O2) and inference."""
+import glob
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.tools import audit_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _documented_platforms(page):
+    """The Supported Platforms of an API page, read from its docstring in the installed MindSpore."""
+    module, _, name = page.rpartition('.')
+    doc = getattr(importlib.import_module(module), name).__doc__ or ''
+    m = re.search(r'Supported Platforms:\s*\n\s*(.*)', doc)
+    return sorted(re.findall(r'``(\w+)``', m.group(1))) if m else None
+
+
+def test_allowlist_pages_list_the_platforms_they_claim():
+    allowlist = audit_graph.load_allowlist()
+    for name, entry in allowlist.items():
+        assert set(audit_graph.TARGETS) <= set(entry['platforms']), name
+        if entry['page'] != 'graph structure':
+            assert _documented_platforms(entry['page']) == sorted(entry['platforms']), (name, entry['page'])
+
+
+@pytest.fixture(scope='module')
+def violating_graphs(tmp_path_factory):
+    """The IR nodes and the MINDIR of tests/audit_violations_worker.py, compiled with the IR dump on."""
+    out = tmp_path_factory.mktemp('audit_violations')
+    env = dict(os.environ, **audit_graph.DUMP_ENV, **{audit_graph.DUMP_PATH_ENV: str(out / 'ir')})
+    proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'audit_violations_worker.py'), str(out)],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nodes = []
+    for path in glob.glob(str(out / 'ir' / '*_validate_*.ir')):
+        with open(path) as f:
+            nodes += audit_graph.parse_ir(f.read())
+    return nodes, str(out / 'with_inf.mindir')
+
+
+def test_the_audit_catches_each_kind_of_violation(violating_graphs):
+    nodes, mindir = violating_graphs
+    allowlist = audit_graph.load_allowlist()
+    found = {target: audit_graph.check_nodes(nodes, allowlist, target, ROOT) for target in audit_graph.TARGETS}
+
+    def reported(target, prim, text):
+        return [v for v in found[target] if v[0] == prim and text in v[1]]
+
+    grouped = reported('Ascend', 'Conv2D', 'not depthwise')
+    assert len(grouped) == 1 and 'group 2, in_channels 4, out_channels 8' in grouped[0][1]
+    assert 'audit_violations_worker.py' in grouped[0][4] and 'self.grouped(x)' in grouped[0][4]
+    assert 'group: I64(2)' in grouped[0][2]  # the attributes are printed
+    assert not reported('GPU', 'Conv2D', 'not depthwise')  # the constraint is Ascend's
+    for target in audit_graph.TARGETS:
+        assert reported(target, 'Custom', 'not in the allowlist')
+        assert reported(target, 'PrimFunc_BatchMatMul', 'constant operand')
+        assert reported(target, 'PrimFunc_Add', '+-inf')
+    # the depthwise convolution (in == out == group) is allowed, and nothing else is reported
+    assert {v[0] for v in found['Ascend']} == {'Conv2D', 'Custom', 'PrimFunc_BatchMatMul', 'PrimFunc_Add'}
+    assert audit_graph.mindir_infinities(mindir)
+
+
+def test_the_cpu_formulation_fails_the_audit_where_the_portable_one_passes():
+    """The CPU formulation's identity-matmul axis swaps are what the audit exists to catch."""
+    def run(formulation):
+        return subprocess.run([sys.executable, '-m', 'src.tools.audit_graph', '--arch', 'acmix_resnet_mini',
+                               '--graphs', 'infer', '--target', 'GPU', '--formulation', formulation],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    cpu = run('cpu')
+    assert cpu.returncode == 1, cpu.stdout + cpu.stderr
+    assert 'constant operand' in cpu.stdout and 'src/layers/cpu/local_attention.py' in cpu.stdout
+    portable = run('portable')
+    assert portable.returncode == 0 and ' ok' in portable.stdout, portable.stdout + portable.stderr[-2000:]
+
+
+def test_every_registered_model_passes_the_audit():
+    """What CI checks for every model: training (O0 and O2, loss scaling on) and inference, for
+    Ascend and GPU, in the portable formulation."""
+    from src.models import list_models
+    proc = subprocess.run([sys.executable, '-m', 'src.tools.audit_graph', '--arch', 'all', '--jobs', '2'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    results = [line for line in proc.stdout.splitlines() if line and not line.startswith(' ')]
+    assert len(results) == len(list_models()) * len(audit_graph.GRAPHS) * len(audit_graph.TARGETS), proc.stdout
+    assert all(line.endswith(', ok') for line in results), proc.stdout
