@@ -14,6 +14,8 @@ import numpy as np
 from mindspore import nn, ops, Tensor
 from mindspore.ops import constexpr
 
+from .padding import zero_pad_2d, zero_pad_axis
+
 # The additive mask outside a query's window. Finite, so that no graph holds an infinity (on Ascend in
 # saturation mode an inf produced or consumed anywhere sets the overflow flag that loss scaling reads),
 # and large enough that its exponential underflows to exactly 0 after the softmax's max subtraction,
@@ -44,12 +46,8 @@ def window_mask(bq_h, r_h, bq_w, r_w, stride, dilation, kernel, dtype):
 
 
 def pad_end(x, ph, pw):
-    """Zero-pad the bottom and right of (N, C, H, W) by ph and pw (nothing for values <= 0).
-    The Pad primitive holds its paddings as an attribute; ops.pad (PadV3) takes them as an input,
-    which a MINDIR loaded with a dynamic batch cannot infer."""
-    if ph <= 0 and pw <= 0:
-        return x
-    return ops.Pad(((0, 0), (0, 0), (0, max(ph, 0)), (0, max(pw, 0))))(x)
+    """Zero-pad the bottom and right of (N, C, H, W) by ph and pw (nothing for values <= 0)."""
+    return zero_pad_2d(x, 0, max(ph, 0), 0, max(pw, 0))
 
 
 def _overlapping_rows(x, count, step, size):
@@ -61,24 +59,27 @@ def _overlapping_rows(x, count, step, size):
     """
     n_pieces = -(-size // step)
     x = pad_end(x, (count + n_pieces - 1) * step - x.shape[2], 0)
-    c, w = x.shape[1], x.shape[3]
+    n, c, w = x.shape[0], x.shape[1], x.shape[3]
     pieces = ()
     for p in range(n_pieces):
-        pieces += (x[:, :, p * step:(p + count) * step].reshape(-1, c, count, step, w),)
-    return ops.cat(pieces, 3)[:, :, :, :size]
+        # Slice, not StridedSlice (tensor[...]): on CPU the latter is 10-20x slower
+        piece = ops.slice(x, (0, 0, p * step, 0), (n, c, count * step, w))
+        pieces += (piece.reshape(-1, c, count, step, w),)
+    rows = ops.cat(pieces, 3)
+    return ops.slice(rows, (0, 0, 0, 0, 0), (n, c, count, size, w))
 
 
 def _overlapping_columns(x, count, step, size):
     """(N, C, A, B, W) -> (N, C, A, B, count, size): columns [i * step, i * step + size)."""
     n_pieces = -(-size // step)
-    missing = (count + n_pieces - 1) * step - x.shape[4]
-    if missing > 0:
-        x = ops.Pad(((0, 0),) * 4 + ((0, missing),))(x)
-    lead = x.shape[1:4]
+    x = zero_pad_axis(x, 4, 0, (count + n_pieces - 1) * step - x.shape[4])
+    lead = x.shape[:4]
     pieces = ()
     for p in range(n_pieces):
-        pieces += (x[..., p * step:(p + count) * step].reshape((-1,) + lead + (count, step)),)
-    return ops.cat(pieces, 5)[..., :size]
+        piece = ops.slice(x, (0, 0, 0, 0, p * step), lead + (count * step,))
+        pieces += (piece.reshape((-1,) + lead[1:] + (count, step)),)
+    columns = ops.cat(pieces, 5)
+    return ops.slice(columns, (0,) * 6, lead + (count, size))
 
 
 class LocalAttention(nn.Cell):
@@ -134,5 +135,5 @@ class LocalAttention(nn.Cell):
         out = ops.transpose(out.reshape(-1, nb_h, nb_w, hd, bq_h, bq_w), (0, 3, 1, 4, 2, 5))
         out = out.reshape(-1, self.channels, nb_h * bq_h, nb_w * bq_w)
         if nb_h * bq_h != h_out or nb_w * bq_w != w_out:
-            out = out[:, :, :h_out, :w_out]
+            out = ops.slice(out, (0, 0, 0, 0), (out.shape[0], self.channels, h_out, w_out))
         return out
