@@ -1,19 +1,21 @@
 """Check that the graphs a user runs on Ascend or GPU are built only from what the MindSpore
 documentation supports there.
 
-    python -m src.tools.audit_graph --arch acmix_swin_tiny acmix_resnet26 --target Ascend GPU \\
-        [--graphs infer train_O0 train_O2] [--image_size N] [--allowlist FILE]
+    python -m src.tools.audit_graph --arch all | NAME [NAME ...] [--target Ascend GPU]
+        [--graphs infer train_O0 train_O2] [--image_size N] [--jobs 2] [--formulation portable|cpu]
 
-For every model and graph (the exported inference graph, and the training step at amp O0 and O2,
-loss scaling on), a fresh process builds the model in the portable formulation (the one every
-device but the CPU runs), compiles the graph on this machine's CPU with MindSpore's IR dump on, and
-this process reads the frontend's final graph (`*_validate_*.ir`: after autodiff and optimisation,
-before any backend pass) and checks every primitive against the allowlist
+For every model and graph (the exported inference graph, and the training step at amp O0 and O2 with
+loss scaling and clipping on, the optimizer of the model's shipped config), a fresh process builds the
+model in the portable formulation (what every device but the CPU runs) at the smallest of AUDIT_SIZES
+it takes, compiles the graph on this machine's CPU with MindSpore's IR dump on (the training step is
+compiled, not run), and this process reads the frontend's final graph (`*_validate_*.ir`: after
+autodiff and optimisation, before any backend pass). Every primitive is checked against the allowlist
 (`graph_allowlist.yaml`): one entry per primitive, with the API page it comes from (for a gradient
 primitive, the page of the public op whose gradient it is), the platforms that page lists, and the
-constraints checked. A primitive not in the allowlist is a violation; so is a constant ±inf in the
-graph, and in the exported MINDIR (whose constants are read in full). Each violation is printed with
-the primitive, its attributes and shapes and the source line; the exit code is 1 if there is any.
+constraints checked. A primitive not in the allowlist is a violation, and so is a ±inf constant:
+in the IR, which prints small constants in full (large ones as `value=[...]`), and in the exported
+MINDIR, whose constants are read in full. Each violation is printed with the primitive, its
+attributes and shapes and the source line; the exit code is 1 if there is any.
 
 What it cannot see: MindSpore's own device-specific expansions (e.g. `amp.all_finite` reads the
 float-status registers on Ascend, and checks the values on CPU), kernel selection on the device,
