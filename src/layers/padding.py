@@ -1,9 +1,8 @@
 """Zero padding by concatenation with zeros, in portable ops.
 
 The Pad and PadV3 CPU kernels of MindSpore 2.10 are 10-30x slower than Concat for the same result
-(padding a (8, 864, 56, 56) map: Pad 0.67 s, PadV3 0.34 s, Concat 0.025 s, measured on the development
-VM); Concat is exact everywhere, has a plain gradient and, unlike PadV3, exports a MINDIR that loads
-with a dynamic batch.
+(measurements in docs/performance-log.md); Concat is exact everywhere, has a plain gradient and,
+unlike PadV3, exports a MINDIR that loads with a dynamic batch.
 """
 from mindspore import ops
 
