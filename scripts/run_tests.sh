@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (first run) and run the test suite on CPU in graph mode.
-#   bash scripts/run_tests.sh [pytest arguments]
+#   bash scripts/run_tests.sh [pytest arguments, test files or folders (default: tests)]
 # PYTHON=/path/to/python uses that interpreter when it already has mindspore; otherwise .venv is
 # created. torch is installed into .venv for the parity tests against the official formulation
 # (set ACMIX_TEST_TORCH=0 to skip it; those tests are then reported as skipped).
@@ -14,4 +14,10 @@ acmix_optional matplotlib
 cd "$ACMIX_ROOT"
 # faulthandler: a test stuck for 15 min prints every thread's stack (once MindSpore's dataset
 # teardown was seen to deadlock under heavy CPU load; not reproduced since).
-exec "$PY" -m pytest tests -q -p no:cacheprovider -o faulthandler_timeout=900 "$@"
+# The whole suite, unless an argument names test files or folders: pytest would run both.
+targets=(tests)
+for arg in "$@"; do
+    case "$arg" in -*) continue ;; esac
+    if [ -e "${arg%%::*}" ]; then targets=(); break; fi
+done
+exec "$PY" -m pytest ${targets[@]+"${targets[@]}"} -q -p no:cacheprovider -o faulthandler_timeout=900 "$@"

@@ -1,9 +1,11 @@
-"""The launch scripts print their usage on wrong arguments, before any set-up; the rank-table launcher
-takes each rank's ids from the table, runs it in its own folder, and rejects bad tables."""
+"""The launch scripts print their usage on wrong arguments, before any set-up; run_tests.sh runs the
+test files it is given, else the suite; the rank-table launcher takes each rank's ids from the table,
+runs it in its own folder, and rejects bad tables."""
 import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +18,20 @@ def test_usage_on_missing_arguments(script):
     proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f'Usage: bash {os.path.join(ROOT, "scripts", script)}')
+
+
+@pytest.mark.parametrize('args, expected', [(['tests/test_config.py'], {'tests/test_config.py'}),
+                                            (['-k', 'error'], None)])
+def test_run_tests_runs_the_named_files_or_else_the_suite(args, expected):
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'run_tests.sh'), '--collect-only', *args],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHON=sys.executable, ACMIX_TEST_TORCH='0'))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = {line.split('::')[0] for line in proc.stdout.splitlines() if '::' in line}
+    if expected is None:
+        assert len(files) > 3  # -k alone selects from the whole suite
+    else:
+        assert files == expected
 
 
 # Rank-table launch (scripts/run_distribute_train.sh RANK_TABLE_FILE ...): the table is read by
