@@ -52,8 +52,17 @@ for line in "${RANKS[@]}"; do
 done
 if [ "${DRY_RUN:-0}" = 1 ]; then echo "dry run: nothing started"; exit 0; fi
 echo "started ${#pids[@]} ranks of $size; logs in $OUT/rank_*/train.log"
+# A scheduler that signals only this script (Kubernetes signals a container's first process) must
+# still reach the ranks: each stops after its current step, with a checkpoint. Not run on Ascend here.
+forward() { echo "passing SIG$1 on to the ranks" >&2; kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 status=0
 for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { echo "error: a rank failed, see ${logs[$i]}" >&2; status=1; }
+    while :; do
+        rc=0; wait "${pids[$i]}" || rc=$?
+        kill -0 "${pids[$i]}" 2>/dev/null || break   # else a trapped signal ended the wait early
+    done
+    [ "$rc" = 0 ] || { echo "error: a rank failed, see ${logs[$i]}" >&2; status=1; }
 done
 exit $status
