@@ -24,6 +24,7 @@ from src.config import config_from_args
 from src.tools.cli import run_main
 from src.engine.context import available_devices, setup_context
 from src.engine.trainer import build_model
+from src.fileio import atomic_write
 from src.tools.weights import load_weights
 
 SUFFIX = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
@@ -38,12 +39,9 @@ def export(net, cfg, file_name):
         example = Tensor(shape=shape, dtype=ms.float32)
     else:
         example = Tensor(np.zeros(shape, np.float32))
-    os.makedirs(os.path.dirname(os.path.abspath(file_name)), exist_ok=True)
-    path = file_name + SUFFIX[cfg.file_format]
-    if os.path.exists(path):
-        os.remove(path)  # MindSpore writes read-only files
-    ms.export(net, example, file_name=file_name, file_format=cfg.file_format)
-    return path
+    suffix = SUFFIX[cfg.file_format]
+    return atomic_write(file_name + suffix, lambda tmp: ms.export(net, example, file_name=tmp[:-len(suffix)],
+                                                                  file_format=cfg.file_format), suffix=suffix)
 
 
 def check_mindir(net, path, batch_sizes, image_size, seed=0):

@@ -12,6 +12,8 @@ import re
 
 import yaml
 
+from .fileio import write_text
+
 # key: (default, help). The type of the default is the key's type; None means "any / not set".
 SCHEMA = {
     # model
@@ -227,11 +229,7 @@ def _resolve_paths(cfg):
 
 
 def save_config(cfg, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
 _OVERRIDE = 'override_'

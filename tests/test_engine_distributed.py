@@ -6,9 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,30 +26,47 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _msrun(script_and_args, out_dir):
-    """Run a script on 2 msrun workers in out_dir; returns the workers' logs, concatenated."""
+def _msrun_command(script_and_args, out_dir):
+    """(command, environment) that run a script on 2 msrun workers, logs in out_dir/msrun_log."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
                PYTHONPATH=ROOT, GLOG_v='3')
-    log_dir = os.path.join(out_dir, 'msrun_log')
     os.makedirs(out_dir, exist_ok=True)
     cmd = [MSRUN, '--worker_num=2', '--local_worker_num=2', '--master_addr=127.0.0.1',
-           f'--master_port={_free_port()}', f'--log_dir={log_dir}', '--join=True'] + list(script_and_args)
-    proc = subprocess.run(cmd, cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
-    logs = ''
-    for name in sorted(os.listdir(log_dir)):
-        if name.startswith('worker'):
+           f'--master_port={_free_port()}', f'--log_dir={os.path.join(out_dir, "msrun_log")}', '--join=True']
+    return cmd + list(script_and_args), env
+
+
+def _worker_logs(out_dir):
+    """{rank: its log} (empty until msrun has created its log folder)."""
+    log_dir = os.path.join(out_dir, 'msrun_log')
+    logs = {}
+    for name in sorted(os.listdir(log_dir) if os.path.isdir(log_dir) else []):
+        m = re.fullmatch(r'worker_(\d+)\.log', name)
+        if m:
             with open(os.path.join(log_dir, name)) as f:
-                logs += f.read()
+                logs[int(m.group(1))] = f.read()
+    return logs
+
+
+def _msrun(script_and_args, out_dir):
+    """Run a script on 2 msrun workers in out_dir; returns the workers' logs, concatenated."""
+    cmd, env = _msrun_command(script_and_args, out_dir)
+    proc = subprocess.run(cmd, cwd=out_dir, env=env, capture_output=True, text=True, timeout=600)
+    logs = ''.join(_worker_logs(out_dir).values())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-3000:]
     return logs
 
 
+def _train_args(data_dir, out_dir, data_parallel, *extra_args):
+    return [os.path.join(ROOT, 'train.py'), '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
+            '--data_dir', data_dir, '--batch_size', '4', '--epochs', '2', '--warmup_epochs', '0', '--lr', '0.5',
+            '--crop_pct', '1.0', '--num_workers', '1', '--eval_interval', '0', '--output_dir', out_dir,
+            '--data_parallel', str(data_parallel).lower(), *extra_args]
+
+
 def _run_msrun(data_dir, out_dir, data_parallel, *extra_args):
     """train.py on 2 workers; returns {rank: what its final line says after the weights fingerprint}."""
-    logs = _msrun([os.path.join(ROOT, 'train.py'), '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
-                   '--data_dir', data_dir, '--batch_size', '4', '--epochs', '2', '--warmup_epochs', '0', '--lr', '0.5',
-                   '--crop_pct', '1.0', '--num_workers', '1', '--eval_interval', '0', '--output_dir', out_dir,
-                   '--data_parallel', str(data_parallel).lower(), *extra_args], out_dir)
+    logs = _msrun(_train_args(data_dir, out_dir, data_parallel, *extra_args), out_dir)
     prints = dict(re.findall(r'rank (\d)/2: final weights fingerprint (.+)', logs))
     assert sorted(prints) == ['0', '1'], logs[-3000:]
     return prints
@@ -88,3 +107,65 @@ def test_msrun_overflow_decision_is_reduced_over_ranks(tmp_path):
     assert ('1', 'only rank 1', 'False', 'False') in verdicts and ('0', 'only rank 1', 'True', 'False') in verdicts
     for rank, case, _, reduced in verdicts:
         assert reduced == str(case == 'none'), (rank, case, reduced)
+
+
+def _msrun_workers(msrun_pid):
+    """PIDs of msrun's training workers (not its scheduler process, which runs the same script)."""
+    pids = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                environ = f.read().split(b'\0')
+            with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                command = f.read().split(b'\0')
+        except OSError:
+            continue
+        # msrun's `tail -f` of each worker log inherits MS_ROLE too.
+        if parent == msrun_pid and b'MS_ROLE=MS_WORKER' in environ and any(b'train.py' in a for a in command):
+            pids.append(int(entry))
+    return pids
+
+
+@needs_msrun
+def test_msrun_sigterm_stops_every_rank_at_one_step_with_a_checkpoint_that_resumes(tiny_imagefolder, tmp_path):
+    # A scheduler (Slurm's scancel, a node drain) signals every process of the job. msrun 2.10 itself
+    # dies on SIGTERM without passing it on, so the ranks are signalled directly, as the scheduler does.
+    out = str(tmp_path)
+    cmd, env = _msrun_command(_train_args(tiny_imagefolder, out, True, '--epochs', '40', '--log_interval', '2'), out)
+    proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and 'epoch 2/40 step' not in _worker_logs(out).get(0, ''):
+            assert proc.poll() is None, _worker_logs(out)
+            time.sleep(0.05)
+        workers = _msrun_workers(proc.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        signalled = time.time()
+        code = proc.wait(timeout=60)
+        assert time.time() - signalled < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = _worker_logs(out)
+    assert code == 0, logs
+    rank0 = re.search(r'stopped by SIGTERM at (.+?); checkpoint (\S+)\. Run the same command', logs[0])
+    rank1 = re.search(r'rank 1 stopped by (?:SIGTERM|a stop request on another rank) at (.+)', logs[1])
+    assert rank0 and rank1, logs
+    assert rank0.group(1) == rank1.group(1).strip()  # the same step on both ranks
+    checkpoint = rank0.group(2)
+    assert os.path.isfile(checkpoint)
+    stopped_epoch = int(re.search(r'epoch (\d+)', rank0.group(1)).group(1))
+    os.rename(os.path.join(out, 'msrun_log'), os.path.join(out, 'msrun_log_stopped'))
+
+    # It resumes, on both ranks, and they end with the same weights.
+    resumed = _msrun(_train_args(tiny_imagefolder, out, True, '--epochs', str(stopped_epoch + 1),
+                                 '--resume', 'auto'), out)
+    assert f'resumed from {checkpoint}' in resumed
+    prints = dict(re.findall(r'rank (\d)/2: final weights fingerprint (.+)', resumed))
+    assert sorted(prints) == ['0', '1'] and prints['0'] == prints['1'], resumed[-3000:]

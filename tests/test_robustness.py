@@ -3,6 +3,7 @@ progress display that stays out of logs."""
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,33 +62,69 @@ def _train_argv(data_dir, output_dir):
             '--seed', '3']
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path):
-    data = write_tiny_imagefolder(str(tmp_path / 'data'), classes=3, train_per_class=24, val_per_class=2)
-    killed_dir = tmp_path / 'killed'
-    proc = subprocess.Popen(_train_argv(data, killed_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    log = killed_dir / 'train.log'
+@pytest.fixture(scope='module')
+def interruption_data(tmp_path_factory):
+    """The dataset of the interruption tests, and the per-epoch losses of an uninterrupted run."""
+    root = tmp_path_factory.mktemp('interruptions')
+    data = write_tiny_imagefolder(str(root / 'data'), classes=3, train_per_class=24, val_per_class=2)
+    full = subprocess.run(_train_argv(data, root / 'full'), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    return data, _losses(root / 'full')
+
+
+def _losses(folder):
+    return [(r['epoch'], r['train_loss']) for r in json.loads((folder / 'metrics.json').read_text())]
+
+
+def _signal_when_logged(argv, log, line, signum):
+    """Start a training run, send it `signum` once its train.log shows `line`; returns its exit code."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    # Kill it in the middle of epoch 3, when epoch 2's checkpoint is on disk.
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and 'epoch 3/4 step 2/' in log.read_text():
-            proc.send_signal(signal.SIGKILL)
+        if log.exists() and line in log.read_text():
+            proc.send_signal(signum)
             break
         time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, 'the run ended before it could be killed'
-    assert not (killed_dir / 'checkpoints' / 'epoch_004.ckpt').exists()
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
 
-    resumed = subprocess.run(_train_argv(data, killed_dir) + ['--resume', 'auto'], cwd=ROOT, capture_output=True,
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(interruption_data, tmp_path):
+    data, uninterrupted = interruption_data
+    # Killed in the middle of epoch 3, when epoch 2's checkpoint is on disk.
+    code, _, _ = _signal_when_logged(_train_argv(data, tmp_path), tmp_path / 'train.log', 'epoch 3/4 step 2/',
+                                     signal.SIGKILL)
+    assert code == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert not (tmp_path / 'checkpoints' / 'epoch_004.ckpt').exists()
+
+    resumed = subprocess.run(_train_argv(data, tmp_path) + ['--resume', 'auto'], cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert 'resumed from ' in resumed.stdout and 'epoch_002.ckpt' in resumed.stdout
-    uninterrupted = subprocess.run(_train_argv(data, tmp_path / 'full'), cwd=ROOT, capture_output=True, text=True,
-                                   timeout=600)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    assert _losses(tmp_path) == uninterrupted  # exactly: CPU, fixed seed, epoch-seeded data
 
-    def losses(folder):
-        return [(r['epoch'], r['train_loss']) for r in json.loads((folder / 'metrics.json').read_text())]
-    assert losses(killed_dir) == losses(tmp_path / 'full')  # exactly: CPU, fixed seed, epoch-seeded data
+
+def test_sigterm_mid_epoch_saves_the_position_and_resume_gives_the_uninterrupted_losses(interruption_data, tmp_path):
+    data, uninterrupted = interruption_data
+    code, out, err = _signal_when_logged(_train_argv(data, tmp_path), tmp_path / 'train.log', 'epoch 2/4 step 1/',
+                                         signal.SIGTERM)
+    assert code == 0, err[-2000:]
+    stopped = re.search(r'stopped by SIGTERM at epoch 2, step (\d) of 9; checkpoint (\S+)\.', out)
+    assert stopped, out[-2000:]
+    step = int(stopped.group(1))  # 9 too: the last step's checkpoint comes before the epoch's validation
+    assert stopped.group(2) == str(tmp_path / 'checkpoints' / f'epoch_002_step_{step:06d}.ckpt')
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['epoch_001.ckpt', f'epoch_002_step_{step:06d}.ckpt']
+    assert 'to continue: python train.py ' in out and out.rstrip().endswith('--resume auto')
+    assert _losses(tmp_path) == uninterrupted[:1]
+
+    resumed = subprocess.run(_train_argv(data, tmp_path) + ['--resume', 'auto'], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f'continuing at step {step} of epoch 2' in resumed.stdout
+    assert f'epoch 2/4 step {step}/9' not in resumed.stdout and ('epoch 2/4 step 9/9' in resumed.stdout) == (step < 9)
+    assert _losses(tmp_path) == uninterrupted  # the interrupted epoch's mean loss too
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['best.ckpt', 'epoch_002.ckpt', 'epoch_003.ckpt',
+                                                           'epoch_004.ckpt']
 
 
 class _Terminal(io.StringIO):
@@ -115,3 +152,23 @@ def test_imagenet_class_names_in_synset_order():
     names = imagenet_class_names()
     assert len(names) == 1000 == len(set(names))
     assert names[0] == 'tench' and names[1] == 'goldfish' and names[999] == 'toilet tissue'
+
+
+STOP_REQUEST_WORKER = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from src.engine.preemption import StopRequest
+with StopRequest() as stop:
+    print('before', stop.stop_now(), flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # handled at once: the process signals itself
+    print('after one', stop.stop_now(), stop.reason, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    print('still alive', flush=True)
+"""
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    run = subprocess.run([sys.executable, '-c', STOP_REQUEST_WORKER], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.splitlines() == ['before False', 'after one True SIGINT'], run.stdout + run.stderr
+    assert run.returncode == -signal.SIGTERM

@@ -1,8 +1,9 @@
 """Checkpoint I/O that never leaves a half-written file and never loads silently-wrong weights."""
 import os
-import tempfile
 
 import mindspore as ms
+
+from ..fileio import atomic_write
 
 # Training checkpoints keep the optimizer state and scalar metadata beside the weights, under these
 # prefixes, so that the same file loads into a bare network for evaluation and export.
@@ -14,24 +15,32 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the network it is loaded into."""
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file cannot be read at all."""
+
+
 def save_checkpoint_atomic(save_obj, path, append_dict=None):
-    """ms.save_checkpoint to a temporary file in the target folder, then rename it into place,
-    so an interrupted save leaves either the old file or the new one, never a truncated one.
+    """ms.save_checkpoint through src.fileio.atomic_write: an interrupted save leaves the old file
+    or the new one, a refused one raises OutputWriteError. Saved with a CRC, which read_checkpoint
+    checks: without it a flipped byte inside a tensor loads silently.
 
     save_obj is a Cell or a list of {'name': str, 'data': Tensor} as ms.save_checkpoint takes.
     """
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp.ckpt', dir=folder)
-    os.close(fd)
+    return atomic_write(path, lambda tmp: ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True),
+                        suffix='.ckpt')
+
+
+def read_checkpoint(path):
+    """{name: Parameter} of a checkpoint file; CheckpointReadError if it cannot be read
+    (truncated, damaged, empty or not a MindSpore checkpoint). Files saved without a CRC load too."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
-        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        return ms.load_checkpoint(path, crc_check=True)
+    except (ValueError, RuntimeError, OSError, TypeError):
+        # MindSpore's own message guesses at permissions; the size tells truncated from empty.
+        raise CheckpointReadError(f'cannot read the checkpoint {path} ({os.path.getsize(path)} bytes): it is '
+                                  'truncated, damaged or not a MindSpore checkpoint') from None
 
 
 def describe_mismatch(missing, unexpected, mismatched=(), limit=20):
@@ -53,9 +62,7 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
     to fine-tune with a new classifier head.
     """
     if isinstance(path_or_dict, str):
-        if not os.path.isfile(path_or_dict):
-            raise FileNotFoundError(f'checkpoint not found: {path_or_dict}')
-        params = ms.load_checkpoint(path_or_dict)
+        params = read_checkpoint(path_or_dict)
     else:
         params = dict(path_or_dict)
     # Optimizer state and metadata of training checkpoints are not the network's.
@@ -78,7 +85,6 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
     return net
 
 
-
 def optimizer_state(net, optimizer):
     """The optimizer's own parameters (moments, step), not the network's. The learning-rate table
     is left out: it follows from the config, and a resumed run may change it (more epochs)."""
@@ -86,15 +92,33 @@ def optimizer_state(net, optimizer):
     return [p for p in optimizer.get_parameters() if p.name not in own and not p.name.startswith('learning_rate')]
 
 
+# The metadata entry every training checkpoint has, written last. MindSpore's parser accepts a
+# file cut at a record boundary (the CRC is only checked when its record is there), and records are
+# written in order, so a file that has this entry has everything before it.
+LAST_META = 'epoch'
+
+
 def save_training_checkpoint(path, net, optimizer=None, meta=None):
     """Network weights, optionally the optimizer state (prefixed 'optimizer.') and scalar
-    metadata (prefixed 'meta.'), in one atomically written file. The weights load into a network
-    alone (eval, export), the rest is for resuming."""
+    metadata (prefixed 'meta.'; a resumable one has LAST_META), in one atomically written file. The
+    weights load into a network alone (eval, export), the rest is for resuming."""
     items = [{'name': p.name, 'data': p} for p in net.get_parameters()]
     if optimizer is not None:
         items += [{'name': OPTIMIZER_PREFIX + p.name, 'data': p} for p in optimizer_state(net, optimizer)]
-    append = {META_PREFIX + k: v for k, v in (meta or {}).items()}
+    meta = dict(meta or {})
+    append = {META_PREFIX + k: v for k, v in meta.items() if k != LAST_META}
+    if LAST_META in meta:
+        append[META_PREFIX + LAST_META] = meta[LAST_META]
     return save_checkpoint_atomic(items, path, append_dict=append or None)
+
+
+def read_training_checkpoint(path):
+    """read_checkpoint, and CheckpointReadError unless the file is a whole training checkpoint."""
+    params = read_checkpoint(path)
+    if META_PREFIX + LAST_META not in params:
+        raise CheckpointReadError(f'cannot resume from {path}: it has no training metadata (it is truncated, or '
+                                  'holds weights only, like best.ckpt and converted checkpoints)')
+    return params
 
 
 def split_training_checkpoint(params):
@@ -111,11 +135,10 @@ def split_training_checkpoint(params):
     return weights, opt_state, meta
 
 
-def load_training_checkpoint(path, net, optimizer=None):
-    """Restore weights (strictly) and, if given, the optimizer state; returns the meta dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    weights, opt_state, meta = split_training_checkpoint(ms.load_checkpoint(path))
+def load_training_checkpoint(path, net, optimizer=None, params=None):
+    """Restore weights (strictly) and, if given, the optimizer state; returns the meta dict.
+    params: the file's content if the caller has already read it with read_training_checkpoint."""
+    weights, opt_state, meta = split_training_checkpoint(read_training_checkpoint(path) if params is None else params)
     load_checkpoint_strict(net, weights)
     if optimizer is not None:
         expected = {p.name for p in optimizer_state(net, optimizer)}

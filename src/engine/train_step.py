@@ -30,23 +30,33 @@ def clip_by_global_norm(grads, clip_norm):
     return _hyper_map(ops.partial(_scale, factor), grads)
 
 
-class AllRanksFinite(nn.Cell):
-    """finite -> True on every rank exactly when `finite` is True on every rank.
-
-    The local check can differ between ranks even after the gradient all-reduce: on Ascend in
-    saturation mode all_finite reads the device's own float-status flag, not the gradients. A
-    rank that skipped a step its peers applied would carry different weights from then on. The
-    flag travels as a float32 count summed over ranks: SUM is the reduction every backend
-    (CPU msrun included) supports for float32.
-    """
+class AnyRank(nn.Cell):
+    """flag (float32 scalar, 0 or 1) -> True on every rank when it is 1 on at least one. The flag
+    travels as a float32 count summed over ranks: SUM is the reduction every backend (CPU msrun
+    included) supports for float32."""
 
     def __init__(self):
         super().__init__()
         self.sum_over_ranks = ops.AllReduce(ops.ReduceOp.SUM)
 
+    def construct(self, flag):
+        return self.sum_over_ranks(flag) > 0.5
+
+
+class AllRanksFinite(nn.Cell):
+    """finite -> True on every rank exactly when `finite` is True on every rank.
+
+    The local check can differ between ranks even after the gradient all-reduce: on Ascend in
+    saturation mode all_finite reads the device's own float-status flag, not the gradients. A
+    rank that skipped a step its peers applied would carry different weights from then on.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.any_rank = AnyRank()
+
     def construct(self, finite):
-        overflowed_ranks = self.sum_over_ranks(ops.logical_not(finite).astype(ms.float32))
-        return overflowed_ranks < 0.5
+        return ops.logical_not(self.any_rank(ops.logical_not(finite).astype(ms.float32)))
 
 
 def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, grad_reducer=None, jit_level='O0'):

@@ -1,12 +1,11 @@
 """The training loop: model, data, optimizer and schedule from a config; per-epoch checkpoints
 (keep-last-N plus best by validation top-1), resume, validation, logs and per-epoch metrics."""
-import glob
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 
@@ -16,13 +15,16 @@ from mindspore import nn, ops
 
 from ..data.imagefolder import (DataError, build_dataset, class_names, count_images, readable_images,
                                set_bad_image_policy)
+from ..fileio import (LogFileHandler, OutputWriteError, check_writable, make_dirs, remove_stale_temporaries,
+                      write_text)
 from ..models import create_model, size_overrides
 from .checkpoint import load_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
 from .optim import build_optimizer, scaled_lr, warmup_cosine_lr
-from .train_step import make_train_step
-
-EPOCH_CKPT = re.compile(r'epoch_(\d+)\.ckpt$')
+from .preemption import StopRequest, TrainingStopped
+from .resume import (ResumeError, auto_resume, epoch_checkpoint_path, epoch_checkpoints, step_checkpoint_path,
+                     step_checkpoints, training_checkpoints)
+from .train_step import AnyRank, make_train_step
 
 
 class TrainingError(RuntimeError):
@@ -46,8 +48,7 @@ def get_logger(rank):
 
 
 def log_to_file(logger, output_dir):
-    os.makedirs(output_dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(output_dir, 'train.log'))
+    handler = LogFileHandler(os.path.join(make_dirs(output_dir), 'train.log'))
     handler.setFormatter(LOG_FORMAT)
     logger.addHandler(handler)
 
@@ -61,16 +62,6 @@ def build_model(cfg):
     if hasattr(net, 'check_input_size'):
         net.check_input_size(cfg.image_size)
     return net
-
-
-def epoch_checkpoints(ckpt_dir):
-    """[(epoch, path)] sorted by epoch."""
-    found = []
-    for path in glob.glob(os.path.join(ckpt_dir, 'epoch_*.ckpt')):
-        m = EPOCH_CKPT.search(path)
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
 
 
 class SoftTargetCrossEntropy(nn.Cell):
@@ -104,21 +95,54 @@ def restore_loss_scaler(loss_scaler, meta):
     return int(meta[SKIPPED_IN_A_ROW_META])
 
 
-def _write_json(path, obj):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+# A mid-epoch checkpoint also holds the epoch's losses and skipped steps so far: the epoch's record
+# after resuming equals the uninterrupted run's.
+EPOCH_LOSSES_META = 'epoch_losses'
+EPOCH_SKIPPED_META = 'epoch_skipped_steps'
+
+
+def read_metrics(path):
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise ResumeError(f'cannot read {path} to resume: {err}; move it away to resume without the earlier '
+                          'epochs\' records') from None
+
+
+class LastCheckpoint:
+    """The newest complete checkpoint, for the messages of errors that stop training."""
+
+    def __init__(self, path=None):
+        self.path = path
+
+    def __str__(self):
+        return self.path or 'none'
+
+    @contextlib.contextmanager
+    def named_in_write_errors(self):
+        try:
+            yield
+        except OutputWriteError as err:
+            raise OutputWriteError(f'{err}; last complete checkpoint: {self}') from None
 
 
 def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
-    """Train as configured; returns the list of per-epoch metric records. on_start() is called
-    once the data, model and checkpoint to resume from have been checked, before the first step
-    (train.py saves the resolved config there, so a bad input leaves nothing behind).
-    init_weights(net) loads pretrained weights into a fresh network; a resumed run skips it."""
+    """Train as configured; returns the list of per-epoch metric records. Raises TrainingStopped
+    (not an error) when SIGTERM/SIGINT stopped it, after writing a checkpoint `--resume auto`
+    continues from. on_start() is called once the data, model and checkpoint to resume from have been checked,
+    before the first step (train.py saves the resolved config there, so a bad input leaves nothing
+    behind). init_weights(net) loads pretrained weights into a fresh network; a resumed run skips it."""
     log = get_logger(rank)
     set_bad_image_policy(cfg.bad_images, distributed=group_size > 1)
     ckpt_dir = os.path.join(cfg.output_dir, 'checkpoints')
+    if rank == 0:  # the only writer: a folder it cannot write to must cost nothing
+        check_writable(cfg.output_dir)
+        check_writable(ckpt_dir)
+        for path in remove_stale_temporaries(cfg.output_dir) + remove_stale_temporaries(ckpt_dir):
+            log.info('removed %s, left by an interrupted write', path)
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -161,56 +185,98 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     step_fn = make_train_step(net, SoftTargetCrossEntropy(), optimizer, loss_scaler, cfg.clip_grad, grad_reducer,
                               cfg.jit_level)
 
-    start_epoch, best_top1, history = 0, -1.0, []
+    # Where the run starts: after start_epoch epochs and start_step steps of the next one.
+    start_epoch, start_step, best_top1 = 0, 0, -1.0
+    resumed_losses, resumed_skipped = [], 0
     skipped_in_a_row = 0  # consecutive skipped steps, across epoch ends
     metrics_path = os.path.join(cfg.output_dir, 'metrics.json')
-    resume = cfg.resume
+    recorded = read_metrics(metrics_path) if cfg.resume else []  # a new run replaces them
+    resume, params = cfg.resume, None
     if resume == 'auto':
-        found = epoch_checkpoints(ckpt_dir)
-        resume = found[-1][1] if found else ''
-        if not found:
-            log.info('resume=auto: no checkpoint in %s, starting from scratch', ckpt_dir)
+        resume, params = auto_resume(ckpt_dir, max((r['epoch'] for r in recorded), default=0), log)
+    history = []
     if resume:
-        meta = load_training_checkpoint(resume, net, optimizer)
-        start_epoch = int(meta.get('epoch', 0))
+        meta = load_training_checkpoint(resume, net, optimizer, params)
+        start_epoch, start_step = int(meta.get('epoch', 0)), int(meta.get('step', 0))
         best_top1 = float(meta.get('best_top1', -1.0))
+        if start_step > steps_per_epoch:
+            raise ResumeError(f'{resume} was saved after step {start_step} of an epoch, but an epoch now has '
+                              f'{steps_per_epoch} steps (batch_size or device count changed); resume from an '
+                              'epoch checkpoint')
+        if start_step:
+            resumed_losses = [float(v) for v in np.atleast_1d(meta[EPOCH_LOSSES_META])]
+            resumed_skipped = int(meta[EPOCH_SKIPPED_META])
         if loss_scaler is not None:
             skipped_in_a_row = restore_loss_scaler(loss_scaler, meta)
-        if os.path.isfile(metrics_path):
-            with open(metrics_path) as f:
-                history = [r for r in json.load(f) if r['epoch'] <= start_epoch]
+        history = [r for r in recorded if r['epoch'] <= start_epoch]
     elif init_weights is not None:
         init_weights(net)
 
-    if rank == 0:
-        log_to_file(log, cfg.output_dir)
-        if on_start is not None:
-            on_start()
-    if resume:
-        log.info('resumed from %s: %d epochs done, continuing at epoch %d, lr %.6g', resume, start_epoch,
-                 start_epoch + 1, float(lrs[min(start_epoch * steps_per_epoch, len(lrs) - 1)]))
+    if group_size > 1:
+        # A barrier (an all-reduce returns once every rank has called it): all ranks have read their
+        # checkpoint before rank 0 writes or removes one. Without it a rank resuming at an epoch's
+        # end, which runs no step before it saves, could replace the file a slower peer is about to
+        # choose, and the ranks would start at different places.
+        AnyRank()(ms.Tensor(0.0, ms.float32))
+    last_saved = LastCheckpoint(resume or None)
+    with last_saved.named_in_write_errors():
+        if rank == 0:
+            log_to_file(log, cfg.output_dir)
+            if on_start is not None:
+                on_start()
+        if resume:
+            replaced = [r['epoch'] for r in recorded if r['epoch'] > start_epoch + 1]
+            if replaced:
+                log.warning('metrics.json records epochs up to %d; this run retrains epochs %d-%d and replaces them',
+                            replaced[-1], start_epoch + 1, replaced[-1])
+            position = f'step {start_step} of epoch {start_epoch + 1}' if start_step else f'epoch {start_epoch + 1}'
+            log.info('resumed from %s: %d epochs done, continuing at %s, lr %.6g', resume, start_epoch, position,
+                     float(lrs[min(start_epoch * steps_per_epoch + start_step, len(lrs) - 1)]))
+            if loss_scaler is not None:
+                log.info('loss scale %g (%s)', float(loss_scaler.scale_value.asnumpy()),
+                         'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
+        log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
+                 cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
+                 cfg.amp_level)
+        if rank == 0:
+            # Checkpoints past the start belong to the run being replaced: kept, keep_checkpoint_max
+            # would count them and --resume auto would prefer them to this run's.
+            for position, path in training_checkpoints(ckpt_dir):
+                if position > (start_epoch, start_step):
+                    os.remove(path)
+                    log.info('removed %s: it is past where this run starts', path)
+
+    def save(path, meta_extra, with_optimizer=True):
+        meta = {'best_top1': best_top1, **meta_extra}
         if loss_scaler is not None:
-            log.info('loss scale %g (%s)', float(loss_scaler.scale_value.asnumpy()),
-                     'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
-    log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
-             cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
-             cfg.amp_level)
-    last_good = resume or None
+            meta.update(loss_scaler_meta(loss_scaler, skipped_in_a_row))
+        return save_training_checkpoint(path, net, optimizer if with_optimizer else None, meta)
+
     total_steps = cfg.epochs * steps_per_epoch
     run_start, run_steps, run_skipped = time.time(), 0, 0
     n_val_images = count_images(val_dir) if has_val else 0
-    with readable_images():  # an undecodable image: an error naming the file
+    # An undecodable image: an error naming the file. A refused write: an error naming the file and
+    # the last complete checkpoint.
+    with readable_images(), StopRequest(group_size) as stop, last_saved.named_in_write_errors():
         for epoch in range(start_epoch, cfg.epochs):
             net.set_train(True)
-            epoch_start, losses, skipped_steps = time.time(), [], 0
+            first_step = start_step if epoch == start_epoch else 0
+            epoch_start = time.time()
+            losses = list(resumed_losses) if first_step else []
+            skipped_steps = resumed_skipped if first_step else 0
             data = train_data(epoch)
-            i = 0
-            for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), 1):
+            if first_step:
+                # Skipped batches are still read and augmented: the rest of the epoch sees the
+                # random state an uninterrupted run would.
+                data = data.skip(first_step)
+            i, global_step = first_step, epoch * steps_per_epoch + first_step
+            loss_scale = 1.0 if loss_scaler is None else float(loss_scaler.scale_value.asnumpy())
+            for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), first_step + 1):
                 loss, overflow, loss_scale = (out.asnumpy().item() for out in step_fn(images, targets))
                 global_step = epoch * steps_per_epoch + i
                 if not math.isfinite(loss) and loss_scaler is None:
                     raise TrainingError(f'loss is {loss} at epoch {epoch + 1}, step {i} (global step {global_step}); '
-                                        f'last good checkpoint: {last_good or "none"}. Lower the lr or enable clip_grad.')
+                                        f'last good checkpoint: {last_saved}. Lower the lr or enable clip_grad.')
                 if overflow:
                     skipped_steps += 1
                     run_skipped += 1
@@ -219,14 +285,15 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                         raise TrainingError(
                             f'{skipped_in_a_row} steps in a row skipped for gradient overflow, the last at epoch '
                             f'{epoch + 1}, step {i} (global step {global_step}); loss scale now {loss_scale:g}; last '
-                            f'good checkpoint: {last_good or "none"}. Lower the lr or the loss_scale, enable clip_grad '
+                            f'good checkpoint: {last_saved}. Lower the lr or the loss_scale, enable clip_grad '
                             'or train at amp_level O0; on Ascend in saturation mode, +-inf anywhere in the forward '
                             'pass sets the overflow flag.')
                 else:
                     skipped_in_a_row = 0
                 losses.append(loss)
                 run_steps += 1
-                if i % cfg.log_interval == 0 or i == steps_per_epoch:
+                at_log_point = i % cfg.log_interval == 0 or i == steps_per_epoch
+                if at_log_point:
                     elapsed = time.time() - run_start
                     rate = run_steps * global_batch / elapsed
                     eta = (total_steps - global_step) * elapsed / run_steps
@@ -235,6 +302,14 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                     log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g%s %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
                              steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(lrs[global_step - 1]),
                              scaling, rate, format_duration(eta))
+                # Also after the epoch's last step: validation may outlast a scheduler's grace period.
+                if stop.stop_now(at_log_point):
+                    if rank == 0:
+                        last_saved.path = save(step_checkpoint_path(ckpt_dir, epoch + 1, i),
+                                               {'epoch': epoch, 'step': i, EPOCH_SKIPPED_META: skipped_steps,
+                                                EPOCH_LOSSES_META: ms.Tensor(np.array(losses, np.float64))})
+                    raise _stopped(log, rank, stop, f'epoch {epoch + 1}, step {i} of {steps_per_epoch}', last_saved,
+                                   history)
             if i == 0:
                 raise DataError(f'no batch of training images could be read in epoch {epoch + 1}')
             if i < steps_per_epoch:
@@ -253,27 +328,37 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                          val['top5'], val['loss'], val['count'],
                          f', {unreadable} unreadable left out' if unreadable > 0 else '')
             history.append(record)
+            new_best = record.get('val_top1', -1.0) > best_top1
+            best_top1 = max(best_top1, record.get('val_top1', -1.0))
             if rank == 0:
                 # Metrics first: a kill between the two writes leaves metrics one epoch ahead of
                 # the checkpoints, which resume trims, never behind.
-                _write_json(metrics_path, history)
-                meta = {'epoch': epoch + 1, 'best_top1': max(best_top1, record.get('val_top1', -1.0))}
-                if loss_scaler is not None:
-                    meta.update(loss_scaler_meta(loss_scaler, skipped_in_a_row))
-                path = save_training_checkpoint(os.path.join(ckpt_dir, f'epoch_{epoch + 1:03d}.ckpt'), net, optimizer, meta)
-                last_good = path
-                if record.get('val_top1', -1.0) > best_top1:
-                    best_top1 = record['val_top1']
-                    save_training_checkpoint(os.path.join(ckpt_dir, 'best.ckpt'), net, None, meta)
-                    log.info('new best top-1 %.4f -> %s', best_top1, os.path.join(ckpt_dir, 'best.ckpt'))
+                write_text(metrics_path, json.dumps(history, indent=1))
+                last_saved.path = save(epoch_checkpoint_path(ckpt_dir, epoch + 1), {'epoch': epoch + 1})
+                if new_best:
+                    best = save(os.path.join(ckpt_dir, 'best.ckpt'), {'epoch': epoch + 1}, with_optimizer=False)
+                    log.info('new best top-1 %.4f -> %s', best_top1, best)
                 for _, old in epoch_checkpoints(ckpt_dir)[:-cfg.keep_checkpoint_max]:
                     os.remove(old)
+                for passed in step_checkpoints(ckpt_dir):  # all inside epochs now done
+                    os.remove(passed)
+            if not is_last and stop.stop_now():
+                raise _stopped(log, rank, stop, f'the end of epoch {epoch + 1}', last_saved, history)
     # Every rank reports it: with data parallelism all ranks must end with the same trainable weights.
     # With loss scaling they must also have skipped the same steps: equal scales and counts.
     scaling = '' if loss_scaler is None else (f', loss scale {float(loss_scaler.scale_value.asnumpy()):g}, '
                                               f'{run_skipped} of {run_steps} steps skipped')
     print(f'rank {rank}/{group_size}: final weights fingerprint {weights_fingerprint(net)}{scaling}', flush=True)
     return history
+
+
+def _stopped(log, rank, stop, where, last_saved, history):
+    if rank == 0:
+        log.info('stopped by %s at %s; checkpoint %s. Run the same command with --resume auto to continue.',
+                 stop.reason, where, last_saved)
+    else:
+        log.warning('rank %d stopped by %s at %s', rank, stop.reason, where)
+    return TrainingStopped(stop.reason, where, last_saved.path, history)
 
 
 def format_duration(seconds):

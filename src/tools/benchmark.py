@@ -25,6 +25,8 @@ import sys
 import time
 from datetime import datetime
 
+from src.fileio import write_text
+
 RESULT_TAG = 'BENCHMARK_RESULT '
 KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'first_step_s', 'step_s', 'images_per_s',
         'peak_rss_gb')
@@ -232,8 +234,7 @@ def main(argv=None):
     if ratios:
         print(ratios)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(records, f, indent=2)
+        write_text(args.json, json.dumps(records, indent=2))
     return 1 if any('error' in r for r in records) else 0
 
 

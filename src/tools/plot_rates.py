@@ -12,14 +12,14 @@ import sys
 import numpy as np
 
 import src  # noqa: F401
-import mindspore as ms
 
+from src.engine.checkpoint import read_checkpoint
 from src.tools.plots import pyplot, save_figure
 
 
 def read_rates(ckpt_path):
     """[(layer name, rate1, rate2)] in network order."""
-    params = ms.load_checkpoint(ckpt_path)
+    params = read_checkpoint(ckpt_path)
     layers = [name[:-len('.rate1')] for name in params if name.endswith('.rate1')]
     if not layers:
         raise ValueError(f'{ckpt_path} has no ACmix rates (no *.rate1 parameters): is it an ACmix model '

@@ -17,6 +17,7 @@ import src  # noqa: F401  (environment defaults before MindSpore loads)
 import mindspore as ms
 
 from src.engine.checkpoint import describe_mismatch, save_checkpoint_atomic
+from src.fileio import OutputWriteError
 from src.progress import Progress
 from src.models import create_model, list_models
 
@@ -150,7 +151,7 @@ def main(argv=None):
         progress.update(0, 3, f'reading {args.pth}')
         state_dict = load_pth(args.pth, args.trust_pickle)
         convert(args.arch, state_dict, args.ckpt, args.num_classes, progress=progress)
-    except ConversionError as err:
+    except (ConversionError, OutputWriteError) as err:
         progress.close()
         print(f'error: {err}\nnothing was written.', file=sys.stderr)
         return 1
