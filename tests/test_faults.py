@@ -249,3 +249,12 @@ def test_a_checkpoint_cut_at_a_record_boundary_is_not_resumed_from(tmp_path):
     assert names == ['weight', 'bias', 'meta.best_top1'], names
     with pytest.raises(CheckpointReadError, match='it has no training metadata'):
         read_training_checkpoint(str(path))
+
+
+def test_a_new_run_does_not_start_over_an_earlier_runs_checkpoints(tiny_imagefolder, tmp_path):
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=1, eval_interval=0))
+    before = sorted(os.listdir(tmp_path / 'checkpoints'))
+    with pytest.raises(ResumeError, match=r'holds the checkpoints of an earlier run \(newest: epoch_001\.ckpt\); '
+                                          'continue it with --resume auto'):
+        train(tiny_config(tiny_imagefolder, tmp_path, epochs=2, eval_interval=0))
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == before

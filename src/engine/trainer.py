@@ -195,6 +195,10 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     if resume == 'auto':
         resume, params = auto_resume(ckpt_dir, max((r['epoch'] for r in recorded), default=0), log)
     history = []
+    if not resume and training_checkpoints(ckpt_dir):
+        raise ResumeError(f'{ckpt_dir} holds the checkpoints of an earlier run (newest: '
+                          f'{os.path.basename(training_checkpoints(ckpt_dir)[-1][1])}); continue it with --resume auto, '
+                          'or start in another output_dir (or remove that folder)')
     if resume:
         meta = load_training_checkpoint(resume, net, optimizer, params)
         start_epoch, start_step = int(meta.get('epoch', 0)), int(meta.get('step', 0))
@@ -239,8 +243,8 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
                  cfg.arch, n_params / 1e6, group_size, cfg.batch_size, steps_per_epoch, peak_lr, cfg.optimizer,
                  cfg.amp_level)
         if rank == 0:
-            # Checkpoints past the start belong to the run being replaced: kept, keep_checkpoint_max
-            # would count them and --resume auto would prefer them to this run's.
+            # Resumed from an older checkpoint than the newest: the later ones belong to the run being
+            # replaced. Kept, keep_checkpoint_max would count them and --resume auto prefer them.
             for position, path in training_checkpoints(ckpt_dir):
                 if position > (start_epoch, start_step):
                     os.remove(path)
