@@ -1,8 +1,10 @@
-"""Every file the project writes goes through here: written to a temporary file beside the target
-and renamed into place, so an interrupted or failed write leaves the old file or the new one, never
-a truncated one; and a write the machine refuses (no space, permissions, not a directory, read-only
-file system) becomes one OutputWriteError naming the file and the reason, with its temporary file
-removed. Entry points report OutputWriteError with exit code 1 (the environment), bad input with 2.
+"""What training, export, conversion and the benchmark write goes through here (checkpoints,
+metrics, configs, logs, exported graphs; not the demo's PNGs): written to a temporary file beside
+the target and renamed into place, so an interrupted or failed write leaves the old file or the new
+one, never a truncated one; and a write the machine refuses (no space, permissions, not a directory,
+read-only file system) becomes one OutputWriteError naming the file and the reason, with its
+temporary file removed. Entry points report OutputWriteError with exit code 1 (the environment), bad
+input with 2.
 """
 import glob
 import logging
