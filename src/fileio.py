@@ -30,11 +30,9 @@ def _reason(err):
 def make_dirs(folder):
     """os.makedirs(folder, exist_ok=True), or an OutputWriteError naming the folder."""
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)  # a file of that name: FileExistsError
     except OSError as err:
         raise OutputWriteError(f'cannot create the folder {folder}: {_reason(err)}') from None
-    if not os.path.isdir(folder):
-        raise OutputWriteError(f'cannot use {folder} as a folder: it is a file')
     return folder
 
 

@@ -195,9 +195,10 @@ def train(cfg, rank=0, group_size=1, on_start=None, init_weights=None):
     if resume == 'auto':
         resume, params = auto_resume(ckpt_dir, max((r['epoch'] for r in recorded), default=0), log)
     history = []
-    if not resume and training_checkpoints(ckpt_dir):
+    earlier = [] if resume else training_checkpoints(ckpt_dir)
+    if earlier:
         raise ResumeError(f'{ckpt_dir} holds the checkpoints of an earlier run (newest: '
-                          f'{os.path.basename(training_checkpoints(ckpt_dir)[-1][1])}); continue it with --resume auto, '
+                          f'{os.path.basename(earlier[-1][1])}); continue it with --resume auto, '
                           'or start in another output_dir (or remove that folder)')
     if resume:
         meta = load_training_checkpoint(resume, net, optimizer, params)
