@@ -47,6 +47,15 @@ def tiny_imagefolder(tmp_path_factory):
     return write_tiny_imagefolder(str(tmp_path_factory.mktemp('tiny_imagefolder')))
 
 
+def train_command(data_dir, output_dir, *extra):
+    """train.py's command line for a fast CPU run of resnet_mini on the tiny dataset; `extra`: more
+    --key value pairs."""
+    return [sys.executable, 'train.py', '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
+            '--data_dir', str(data_dir), '--output_dir', str(output_dir), '--batch_size', '8', '--num_workers', '1',
+            '--crop_pct', '1.0', '--warmup_epochs', '0', '--eval_interval', '0', '--log_interval', '1',
+            *map(str, extra)]
+
+
 def tiny_config(data_dir, output_dir, **overrides):
     """A config for fast CPU runs on the tiny dataset."""
     from src.config import load_config

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, tiny_config, train_command
 from src.engine.checkpoint import CheckpointReadError, load_training_checkpoint, read_checkpoint, \
     read_training_checkpoint, save_training_checkpoint
 from src.engine.optim import build_optimizer
@@ -42,11 +42,12 @@ def _in_namespace(script, timeout=600):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _train_args(data_dir, output_dir, *extra):
-    args = ['train.py', '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--data_dir', data_dir,
-            '--output_dir', str(output_dir), '--batch_size', '8', '--num_workers', '1', '--crop_pct', '1.0',
-            '--warmup_epochs', '0', '--eval_interval', '0', '--log_interval', '1', '--lr', '0.5', *extra]
-    return [str(a) for a in args]
+def _train_command(data_dir, output_dir, *extra):
+    return train_command(data_dir, output_dir, '--lr', '0.5', *extra)
+
+
+def _shell(command):
+    return ' '.join(shlex.quote(a) for a in command)
 
 
 def _error_lines(stderr):
@@ -73,10 +74,10 @@ def test_disk_full_during_a_checkpoint_save(tiny_imagefolder, tmp_path):
     size = os.path.getsize(save_training_checkpoint(str(tmp_path / 'probe.ckpt'), net, optimizer, {'epoch': 1}))
     out, kept = tmp_path / 'out', tmp_path / 'kept'
     out.mkdir()
-    argv = ' '.join(shlex.quote(a) for a in _train_args(tiny_imagefolder, out, '--epochs', '3'))
+    command = _shell(_train_command(tiny_imagefolder, out, '--epochs', '3'))
     run = _in_namespace(f'''
         mount -t tmpfs -o size={size * 3 // 2} tmpfs {out}
-        set +e; {shlex.quote(sys.executable)} {argv} > {tmp_path}/stdout 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc
+        set +e; {command} > {tmp_path}/stdout 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc
         set -e; cp -a {out} {kept}''')
     assert run.returncode == 0, run.stderr
     stderr = (tmp_path / 'stderr').read_text()
@@ -95,10 +96,10 @@ def test_disk_full_during_a_checkpoint_save(tiny_imagefolder, tmp_path):
 def test_read_only_output_folder_fails_before_the_first_step(tiny_imagefolder, tmp_path):
     out = tmp_path / 'out'
     train(tiny_config(tiny_imagefolder, out, epochs=1, eval_interval=0))
-    argv = ' '.join(shlex.quote(a) for a in _train_args(tiny_imagefolder, out, '--epochs', '2', '--resume', 'auto'))
+    command = _shell(_train_command(tiny_imagefolder, out, '--epochs', '2', '--resume', 'auto'))
     run = _in_namespace(f'''
         mount --bind {out} {out} && mount -o remount,ro,bind {out}
-        {shlex.quote(sys.executable)} {argv}''')
+        {command}''')
     assert run.returncode == 1, run.stderr[-3000:]
     assert _error_lines(run.stderr) == [f'error: cannot write in the folder {out}: Read-only file system']
     assert 'epoch 1/' not in run.stdout and 'Traceback' not in run.stderr
@@ -109,7 +110,7 @@ def test_read_only_output_folder_fails_before_the_first_step(tiny_imagefolder, t
 def test_output_folder_below_a_file_fails_before_the_first_step(tiny_imagefolder, tmp_path):
     (tmp_path / 'a_file').write_text('')
     out = tmp_path / 'a_file' / 'out'
-    run = subprocess.run([sys.executable, *_train_args(tiny_imagefolder, out, '--epochs', '1')], cwd=ROOT,
+    run = subprocess.run(_train_command(tiny_imagefolder, out, '--epochs', '1'), cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     assert _error_lines(run.stderr) == [f'error: cannot create the folder {out}: {out.parent} is a file']
@@ -184,8 +185,7 @@ def test_truncated_newest_checkpoint_resume_auto_takes_the_one_before(tiny_image
     with pytest.raises(CheckpointReadError, match='truncated, damaged or not a MindSpore checkpoint'):
         read_checkpoint(str(newest))
 
-    run = subprocess.run([sys.executable, *_train_args(tiny_imagefolder, tmp_path, '--epochs', '3',
-                                                       '--resume', 'auto')],
+    run = subprocess.run(_train_command(tiny_imagefolder, tmp_path, '--epochs', '3', '--resume', 'auto'),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config, write_tiny_imagefolder
+from conftest import ROOT, tiny_config, train_command, write_tiny_imagefolder
 from src.data.imagefolder import build_dataset, eval_transforms, imagenet_class_names
 from src.engine.trainer import TrainingError, train
 from src.progress import Progress
@@ -55,11 +55,8 @@ def test_non_finite_loss_stops_naming_step_and_last_checkpoint(tiny_imagefolder,
 
 
 def _train_argv(data_dir, output_dir):
-    return [sys.executable, 'train.py', '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
-            '--data_dir', data_dir, '--output_dir', str(output_dir), '--batch_size', '8', '--num_workers', '1',
-            '--crop_pct', '1.0', '--hflip', '0', '--scale_min', '0.8', '--lr', '0.8', '--warmup_epochs', '0',
-            '--epochs', '4', '--eval_interval', '0', '--log_interval', '1', '--label_smoothing', '0',
-            '--seed', '3']
+    return train_command(data_dir, output_dir, '--hflip', '0', '--scale_min', '0.8', '--lr', '0.8', '--epochs', '4',
+                         '--label_smoothing', '0', '--seed', '3')
 
 
 @pytest.fixture(scope='module')
