@@ -5,6 +5,14 @@
 #                          first use (and again whenever requirements.txt changes).
 #   acmix_optional PKG...  installs optional packages into the project's .venv only (never into a
 #                          $PYTHON you named); a failure is a warning, not an error.
+#   acmix_need_args GOT 'NAME...' USAGE_LINE...
+#                          a launcher's usage check, before any set-up: with fewer than the named
+#                          required arguments (GOT is the launcher's $#), one `error: ...` line
+#                          naming the missing ones, then the usage lines, on stderr; exit code 2.
+#   acmix_msrun DEVICE_NUM LOG_DIR TRAIN_ARG...
+#                          replaces the shell (exec) with msrun running train.py TRAIN_ARG... in
+#                          DEVICE_NUM local workers of one job; master 127.0.0.1:$MASTER_PORT
+#                          (default 8118), logs in LOG_DIR. Run from the project root.
 ACMIX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"   # else oneDNN convs are ~100x slower on AVX-512 CPUs
 export GLOG_v="${GLOG_v:-3}"                               # MindSpore's warning flood off
@@ -51,4 +59,18 @@ acmix_config_value() {
     local key=$1; shift
     "$PY" -c "import sys; from src.config import load_config, parse_overrides; \
 print(load_config(sys.argv[2], parse_overrides(sys.argv[3:]))[sys.argv[1]])" "$key" "$@"
+}
+
+acmix_need_args() {
+    local got=$1 names=($2); shift 2
+    [ "$got" -ge ${#names[@]} ] && return 0
+    echo "error: missing argument(s): ${names[*]:$got} (${#names[@]} required, got $got)" >&2
+    printf '%s\n' "$@" >&2
+    exit 2
+}
+
+acmix_msrun() {
+    local workers=$1 log_dir=$2; shift 2
+    exec msrun --worker_num="$workers" --local_worker_num="$workers" --master_addr=127.0.0.1 \
+        --master_port="${MASTER_PORT:-8118}" --log_dir="$log_dir" --join=True train.py "$@"
 }

@@ -11,14 +11,14 @@
 # its own folder, <output_dir>/rank_<RANK_ID>/, and logs to train.log there. DRY_RUN=1 prints each
 # rank's command and environment and starts nothing.
 # msrun: logs in <output_dir>/msrun_log/.
+# Missing arguments or a bad rank table: one `error: ...` line on stderr and exit code 2; a rank that
+# fails: exit code 1.
 # Relative paths (config keys and overrides) mean what they mean from the project root: the config
 # loader resolves them against ACMIX_CWD, set here.
 set -euo pipefail
-if [ $# -lt 3 ]; then
-    echo "Usage: bash $0 RANK_TABLE_FILE|msrun CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]" >&2
-    exit 1
-fi
 source "$(dirname "$0")/env.sh"
+acmix_need_args $# 'RANK_TABLE_FILE|msrun CONFIG_PATH DATASET_PATH' \
+    "Usage: bash $0 RANK_TABLE_FILE|msrun CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]"
 acmix_python
 MODE=$1; CONFIG=$(realpath "$2"); DATA=$(realpath "$3"); shift 3
 DEVICE_NUM=8
@@ -27,12 +27,11 @@ cd "$ACMIX_ROOT"
 export ACMIX_CWD="$ACMIX_ROOT"
 OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
 if [ "$MODE" = msrun ]; then
-    exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
-        --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \
-        train.py --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@"
+    acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@"
 fi
 TABLE=$(realpath -m "$MODE")
-RANKS=$("$PY" -m src.tools.rank_table "$TABLE" "$DEVICE_NUM") || exit 1   # lines: RANK_ID DEVICE_ID RANK_SIZE
+# lines: RANK_ID DEVICE_ID RANK_SIZE; a bad table is the tool's one-line error and its exit code (2)
+RANKS=$("$PY" -m src.tools.rank_table "$TABLE" "$DEVICE_NUM") || exit $?
 mapfile -t RANKS <<< "$RANKS"
 pids=(); logs=()
 for line in "${RANKS[@]}"; do

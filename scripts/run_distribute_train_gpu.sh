@@ -4,17 +4,14 @@
 # DEVICE_NUM defaults to 8. Logs: <output_dir>/msrun_log/. Not run on GPUs by the authors (no device here);
 # the same launcher is tested on CPU (tests/test_engine_distributed.py).
 set -euo pipefail
-if [ $# -lt 2 ]; then
-    echo "Usage: bash $0 CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]" >&2
-    exit 1
-fi
 source "$(dirname "$0")/env.sh"
+acmix_need_args $# 'CONFIG_PATH DATASET_PATH' \
+    "Usage: bash $0 CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]"
 acmix_python
 CONFIG=$(realpath "$1"); DATA=$(realpath "$2"); shift 2
 DEVICE_NUM=8
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
 cd "$ACMIX_ROOT"
 OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
-exec msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_addr=127.0.0.1 \
-    --master_port="${MASTER_PORT:-8118}" --log_dir="$OUT/msrun_log" --join=True \
-    train.py --config "$CONFIG" --data_dir "$DATA" --device_target "${DEVICE_TARGET:-GPU}" "$@"
+acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" \
+    --config "$CONFIG" --data_dir "$DATA" --device_target "${DEVICE_TARGET:-GPU}" "$@"

@@ -2,11 +2,9 @@
 # Evaluate a checkpoint (.ckpt, or an official .pth) on DATASET_PATH/val.
 #   bash scripts/run_eval.sh CONFIG_PATH DATASET_PATH CHECKPOINT_PATH [DEVICE_TARGET] [--key value ...]
 set -euo pipefail
-if [ $# -lt 3 ]; then
-    echo "Usage: bash $0 CONFIG_PATH DATASET_PATH CHECKPOINT_PATH [Ascend|GPU|CPU] [--key value ...]" >&2
-    exit 1
-fi
 source "$(dirname "$0")/env.sh"
+acmix_need_args $# 'CONFIG_PATH DATASET_PATH CHECKPOINT_PATH' \
+    "Usage: bash $0 CONFIG_PATH DATASET_PATH CHECKPOINT_PATH [Ascend|GPU|CPU] [--key value ...]"
 acmix_python
 CONFIG=$(realpath "$1"); DATA=$(realpath "$2"); CKPT=$(realpath "$3"); shift 3
 EXTRA=()

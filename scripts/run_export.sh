@@ -2,11 +2,9 @@
 # Export a checkpoint to MINDIR (default), ONNX or AIR.
 #   bash scripts/run_export.sh CONFIG_PATH CHECKPOINT_PATH [MINDIR|ONNX|AIR] [DEVICE_TARGET] [--key value ...]
 set -euo pipefail
-if [ $# -lt 2 ]; then
-    echo "Usage: bash $0 CONFIG_PATH CHECKPOINT_PATH [MINDIR|ONNX|AIR] [Ascend|GPU|CPU] [--key value ...]" >&2
-    exit 1
-fi
 source "$(dirname "$0")/env.sh"
+acmix_need_args $# 'CONFIG_PATH CHECKPOINT_PATH' \
+    "Usage: bash $0 CONFIG_PATH CHECKPOINT_PATH [MINDIR|ONNX|AIR] [Ascend|GPU|CPU] [--key value ...]"
 acmix_python
 CONFIG=$(realpath "$1"); CKPT=$(realpath "$2"); shift 2
 EXTRA=()

@@ -1,6 +1,7 @@
-"""The launch scripts print their usage on wrong arguments, before any set-up; run_tests.sh runs the
-test files it is given, else the suite; the rank-table launcher takes each rank's ids from the table,
-runs it in its own folder, and rejects bad tables."""
+"""The launch scripts print one error line and their usage on missing arguments, before any set-up,
+and exit with code 2 (bad input); the msrun launchers hand msrun the expected command; run_tests.sh
+runs the test files it is given, else the suite; the rank-table launcher takes each rank's ids from
+the table, runs it in its own folder, and rejects bad tables (exit code 2; a failed rank is 1)."""
 import json
 import os
 import shlex
@@ -12,12 +13,29 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('script', ['run_standalone_train.sh', 'run_distribute_train.sh',
-                                    'run_distribute_train_gpu.sh', 'run_eval.sh', 'run_export.sh'])
-def test_usage_on_missing_arguments(script):
-    proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', script)], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith(f'Usage: bash {os.path.join(ROOT, "scripts", script)}')
+def _assert_bad_input(proc):
+    """The rule for bad input: exit code 2 and exactly one `error: ` line on stderr."""
+    assert proc.returncode == 2, proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith('error:')]) == 1, proc.stderr
+    assert proc.stderr.startswith('error: ')
+
+
+@pytest.mark.parametrize('script, args, missing', [
+    ('run_standalone_train.sh', [], 'CONFIG_PATH DATASET_PATH'),
+    ('run_distribute_train.sh', ['msrun', 'c.yaml'], 'DATASET_PATH'),
+    ('run_distribute_train_gpu.sh', [], 'CONFIG_PATH DATASET_PATH'),
+    ('run_eval.sh', ['c.yaml'], 'DATASET_PATH CHECKPOINT_PATH'),
+    ('run_export.sh', ['c.yaml'], 'CHECKPOINT_PATH')])
+def test_usage_on_missing_arguments(script, args, missing):
+    path = os.path.join(ROOT, 'scripts', script)
+    proc = subprocess.run(['bash', path, *args], capture_output=True, text=True, timeout=30)
+    _assert_bad_input(proc)
+    error, usage, *more = proc.stderr.splitlines()
+    assert error.startswith(f'error: missing argument(s): {missing} (')
+    assert usage.startswith(f'Usage: bash {path} ')
+    assert more == (['  e.g. bash ' + path + ' config/acmix_resnet26.yaml /data/imagenet Ascend']
+                    if script == 'run_standalone_train.sh' else [])
+    assert proc.stdout == ''
 
 
 @pytest.mark.parametrize('args, expected', [(['tests/test_config.py'], {'tests/test_config.py'}),
@@ -99,7 +117,7 @@ def test_rank_table_dry_run_takes_ids_from_the_table(tmp_path):
 def test_rank_table_device_count_must_match_device_num(tmp_path):
     path = _write(tmp_path, _table({'node_0': [(4, 0), (5, 1), (6, 2), (7, 3)]}))
     proc = _launch(tmp_path, path, DRY_RUN='1')  # DEVICE_NUM defaults to 8
-    assert proc.returncode == 1
+    _assert_bad_input(proc)
     assert proc.stderr.strip() == ('error: the rank table lists 4 device(s) for server node_0, but DEVICE_NUM is 8: '
                                    'pass DEVICE_NUM 4 or use another table')
     assert proc.stdout == ''
@@ -108,9 +126,16 @@ def test_rank_table_device_count_must_match_device_num(tmp_path):
 def test_malformed_rank_table_is_a_one_line_error(tmp_path):
     path = _write(tmp_path, '{"server_list": [')
     proc = _launch(tmp_path, path, '2', DRY_RUN='1')
-    assert proc.returncode == 1
+    _assert_bad_input(proc)
     assert proc.stderr.startswith(f'error: rank table {path} is not valid JSON: ')
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ''
+
+
+def test_missing_rank_table_file_via_the_launcher(tmp_path):
+    proc = _launch(tmp_path, str(tmp_path / 'none.json'), '1', DRY_RUN='1')
+    _assert_bad_input(proc)
+    assert proc.stderr.strip() == f'error: rank table file not found: {tmp_path}/none.json'
+    assert proc.stdout == ''
 
 
 def test_rank_table_launch_runs_each_rank_in_its_folder(tmp_path):
@@ -143,26 +168,28 @@ BAD_TABLES = [
 @pytest.mark.parametrize('table,message', BAD_TABLES)
 def test_rank_table_errors(tmp_path, table, message):
     proc = _rank_table_tool(_write(tmp_path, table), '1')
-    assert proc.returncode == 1 and proc.stdout == ''
-    assert proc.stderr.startswith('error: ') and message in proc.stderr
+    _assert_bad_input(proc)
+    assert proc.stdout == '' and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_rank_table_missing_file(tmp_path):
     proc = _rank_table_tool(str(tmp_path / 'none.json'), '1')
-    assert proc.returncode == 1 and proc.stderr.strip() == f'error: rank table file not found: {tmp_path}/none.json'
+    _assert_bad_input(proc)
+    assert proc.stderr.strip() == f'error: rank table file not found: {tmp_path}/none.json'
 
 
 def test_rank_table_several_servers_need_server_id(tmp_path):
     path = _write(tmp_path, _table({'node_0': [(0, 0), (1, 1)], 'node_1': [(0, 2), (1, 3)]}))
     proc = _rank_table_tool(path, '2', SERVER_ID='')
-    assert proc.returncode == 1
+    _assert_bad_input(proc)
     assert proc.stderr.strip() == ("error: the rank table lists 2 servers (node_0, node_1): set SERVER_ID to this "
                                    "machine's server_id")
     proc = _rank_table_tool(path, '2', SERVER_ID='node_1')
     assert proc.returncode == 0 and proc.stdout.splitlines() == ['2 0 4', '3 1 4']  # RANK_ID DEVICE_ID RANK_SIZE
     proc = _rank_table_tool(path, '2', SERVER_ID='node_9')
-    assert proc.returncode == 1 and 'SERVER_ID node_9 is not in the rank table (servers: node_0, node_1)' in proc.stderr
+    _assert_bad_input(proc)
+    assert 'SERVER_ID node_9 is not in the rank table (servers: node_0, node_1)' in proc.stderr
 
 
 def test_rank_table_tool_does_not_import_mindspore(tmp_path):
@@ -171,3 +198,38 @@ def test_rank_table_tool_does_not_import_mindspore(tmp_path):
             'print("mindspore" in sys.modules)')
     proc = subprocess.run([PYTHON, '-c', code, path], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.stdout.splitlines() == ['0 4 1', 'False']
+
+
+# msrun launchers: a fake `msrun` stands first on PATH. The launchers put the folder of the Python
+# they use first on PATH (msrun's workers start the bare `python`), so PYTHON names a wrapper of the
+# project's interpreter in the fake's folder; the fake prints its working directory and argv, one a
+# line, and exits 7, which the launcher (it execs msrun) must return.
+def _fake_msrun(tmp_path, script, *args, **extra_env):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python').write_text(f'#!/bin/sh\nexec {shlex.quote(PYTHON)} "$@"\n')
+    (bin_dir / 'msrun').write_text('#!/bin/sh\npwd\nprintf "%s\\n" "$@"\nexit 7\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / 'data').mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ('DEVICE_TARGET', 'MASTER_PORT')}
+    env.update(PYTHON=str(bin_dir / 'python'), **extra_env)
+    return subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), *args], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize('script, args, env, device_num, port, target', [
+    ('run_distribute_train.sh', ['msrun', CONFIG, 'data', '2'], {'MASTER_PORT': '8230'}, '2', '8230', 'Ascend'),
+    ('run_distribute_train_gpu.sh', [CONFIG, 'data'], {}, '8', '8118', 'GPU'),
+    ('run_distribute_train_gpu.sh', [CONFIG, 'data', '2'], {'DEVICE_TARGET': 'CPU'}, '2', '8118', 'CPU')])
+def test_msrun_launchers_build_the_msrun_command(tmp_path, script, args, env, device_num, port, target):
+    out = tmp_path / 'out'
+    proc = _fake_msrun(tmp_path, script, *args, '--output_dir', str(out), '--epochs', '1', **env)
+    assert proc.returncode == 7, proc.stderr
+    cwd, *argv = proc.stdout.splitlines()
+    assert cwd == ROOT
+    assert argv == [f'--worker_num={device_num}', f'--local_worker_num={device_num}', '--master_addr=127.0.0.1',
+                    f'--master_port={port}', f'--log_dir={out}/msrun_log', '--join=True', 'train.py',
+                    '--config', CONFIG, '--data_dir', str(tmp_path / 'data'), '--device_target', target,
+                    '--output_dir', str(out), '--epochs', '1']
+    assert not out.exists()  # nothing started
