@@ -9,13 +9,15 @@ import os
 import sys
 
 import src  # noqa: F401
-from src.config import config_from_args
-from src.tools.cli import run_main
+
+# isort: split
+from src.config import ConfigError, config_from_args
 from src.data.imagefolder import build_dataset, count_images, readable_images, set_bad_image_policy
-from src.progress import Progress
 from src.engine.context import setup_context
 from src.engine.evaluate import evaluate
-from src.engine.trainer import build_model
+from src.models import build_model
+from src.progress import Progress
+from src.tools.cli import run_main
 from src.tools.weights import load_weights
 
 
@@ -24,7 +26,7 @@ def main(argv=None):
     setup_context(cfg.device_target, cfg.mode, distributed=False, max_device_memory=cfg.max_device_memory,
                   precision_mode=cfg.ascend_precision_mode)
     if not cfg.checkpoint:
-        raise SystemExit('error: --checkpoint is required')
+        raise ConfigError('--checkpoint is required (a .ckpt, or an official .pth)')
     net = load_weights(build_model(cfg), cfg.checkpoint)
     set_bad_image_policy(cfg.bad_images)
     val_dir = os.path.join(cfg.data_dir, 'val')

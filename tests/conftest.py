@@ -6,6 +6,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import src  # noqa: E402,F401  (sets oneDNN/GLOG defaults before MindSpore loads)
+
+# isort: split
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -65,3 +67,12 @@ def tiny_config(data_dir, output_dir, **overrides):
                   label_smoothing=0.0)
     values.update(overrides)
     return load_config(None, values)
+
+
+def assert_bad_input(code, err, starts='error: '):
+    """The entry points' rule for bad input: exit code 2 and one line `error: ...` (starting with
+    `starts`), no traceback."""
+    assert code == 2, (code, err)
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(starts) and 'Traceback' not in err, err

@@ -7,13 +7,15 @@ import pytest
 
 import eval as eval_script
 import train as train_script
-from conftest import ROOT, write_tiny_imagefolder
+from conftest import ROOT, assert_bad_input, write_tiny_imagefolder
 
 
-def _run(main, argv, capsys):
+def _run(main, argv, capsys, starts='error: '):
+    """Runs an entry point on bad input: exit code 2 and one `error:` line."""
     from src.tools.cli import run_main
     code = run_main(main, argv)
     err = capsys.readouterr().err
+    assert_bad_input(code, err, starts)
     return code, err
 
 
@@ -43,6 +45,7 @@ def test_unavailable_device(tmp_path, capsys):
 
 def test_checkpoint_of_another_model(tiny_imagefolder, tmp_path, capsys):
     import mindspore as ms
+
     from src.models import create_model
     ckpt = str(tmp_path / 'other.ckpt')
     ms.save_checkpoint(create_model('resnet_mini', num_classes=3), ckpt)
@@ -54,10 +57,10 @@ def test_checkpoint_of_another_model(tiny_imagefolder, tmp_path, capsys):
     assert code == 2 and 'fc.weight (3, 512) vs (10, 512)' in err
 
 
-def test_unknown_model_and_key(capsys):
-    with pytest.raises(SystemExit):
-        train_script.main(['--arch_name', 'x'])
-    assert "unknown config key 'arch_name' (did you mean arch" in capsys.readouterr().err
+def test_unknown_key_and_bad_options(capsys):
+    _run(train_script.main, ['--arch_name', 'x'], capsys, "error: unknown config key 'arch_name' (did you mean arch")
+    _run(train_script.main, ['--config'], capsys, 'error: argument --config: expected one argument (see --help)')
+    _run(train_script.main, ['--epochs', 'many'], capsys, "error: config key 'epochs' must be int, got 'many'")
 
 
 def test_unknown_model_name(tiny_imagefolder, tmp_path, capsys):
@@ -92,7 +95,8 @@ def test_corrupt_image_stops_naming_the_file(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MindSpore dumps an undecodable image into the working directory
     out = tmp_path / 'out'
     code, err = _run(train_script.main, ['--arch', 'resnet_mini', '--num_classes', '2', '--image_size', '32',
-                                         '--data_dir', root, '--output_dir', str(out), '--epochs', '1', '--warmup_epochs', '0',
+                                         '--data_dir', root, '--output_dir', str(out), '--epochs', '1',
+                                         '--warmup_epochs', '0',
                                          '--batch_size', '4', '--num_workers', '1'], capsys)
     assert code == 2 and err.startswith('error: cannot decode ') and 'Traceback' not in err
     bad = err.split('cannot decode ')[1].split(' ')[0]
@@ -105,6 +109,7 @@ def test_corrupt_image_stops_naming_the_file(tmp_path, capsys, monkeypatch):
 
 def test_corrupt_images_skipped_and_counted(tmp_path, capsys, monkeypatch):
     import mindspore as ms
+
     from src.models import create_model
     root = write_tiny_imagefolder(str(tmp_path / 'data'), classes=2, train_per_class=2, val_per_class=3)
     _write_bad_images(os.path.join(root, 'val', 'class_0'))
@@ -123,13 +128,15 @@ def test_corrupt_images_skipped_and_counted(tmp_path, capsys, monkeypatch):
 
 def test_pretrained_of_other_classes_needs_new_head(tiny_imagefolder, tmp_path, capsys):
     import mindspore as ms
+
     from src.models import create_model
     pretrained = create_model('resnet_mini', num_classes=10)
     ckpt = str(tmp_path / 'pretrained.ckpt')
     ms.save_checkpoint(pretrained, ckpt)
     out = tmp_path / 'out'
     argv = ['--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--data_dir', tiny_imagefolder,
-            '--output_dir', str(out), '--pretrained', ckpt, '--epochs', '1', '--warmup_epochs', '0', '--batch_size', '8',
+            '--output_dir', str(out), '--pretrained', ckpt, '--epochs', '1', '--warmup_epochs', '0',
+            '--batch_size', '8',
             '--lr', '0', '--weight_decay', '0', '--num_workers', '1']
     code, err = _run(train_script.main, argv, capsys)
     assert code == 2 and 'fc.weight (10, 512) vs (3, 512)' in err and '--new_head true' in err
@@ -158,6 +165,7 @@ def test_empty_data_folders(tmp_path, capsys):
 
 def test_predict_names_imagenet_classes_and_rejects_unreadable_images(tiny_imagefolder, tmp_path, capsys):
     import mindspore as ms
+
     from src.models import create_model
     from src.tools import predict
     ckpt = str(tmp_path / 'imagenet_like.ckpt')
@@ -174,3 +182,50 @@ def test_predict_names_imagenet_classes_and_rejects_unreadable_images(tiny_image
     broken.write_bytes(open(image, 'rb').read()[:60])
     code, err = _run(predict.main, argv + [str(broken)], capsys)
     assert code == 2 and err.startswith(f'error: cannot decode {broken}') and 'Traceback' not in err
+
+
+def test_eval_and_export_bad_input(tiny_imagefolder, tmp_path, capsys):
+    import export as export_script
+    common = ['--arch', 'acmix_resnet_mini', '--num_classes', '3', '--image_size', '32', '--data_dir', tiny_imagefolder]
+    _run(eval_script.main, common, capsys, 'error: --checkpoint is required')
+    missing = str(tmp_path / 'none.ckpt')
+    _run(eval_script.main, common + ['--checkpoint', missing], capsys, f'error: checkpoint not found: {missing}')
+    out = tmp_path / 'out'
+    _run(export_script.main, common + ['--file_format', 'AIR', '--output_dir', str(out)], capsys,
+         'error: AIR export needs --device_target Ascend')
+    # MindSpore's ONNX exporter has no mapping for the ACmix layer's reflection padding.
+    _run(export_script.main, common + ['--file_format', 'ONNX', '--file_name', str(out / 'model')], capsys,
+         'error: ONNX export of acmix_resnet_mini failed: ')
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_every_bad_input_error_exits_2_and_a_refused_write_1(capsys):
+    """Each error class of bad input derives from UserError, so run_main gives every one exit code 2
+    and one line; anything else is a bug and keeps its traceback."""
+    import export  # noqa: F401  (defines ExportError)
+    import src.tools.pth2ckpt  # noqa: F401
+    import src.tools.rank_table  # noqa: F401
+    from src.errors import UserError
+    from src.fileio import OutputWriteError
+    from src.tools.cli import run_main
+
+    def subclasses(cls):
+        return {cls} | {c for sub in cls.__subclasses__() for c in subclasses(sub)}
+
+    names = {cls.__name__ for cls in subclasses(UserError)}
+    assert {'ConfigError', 'DataError', 'DeviceError', 'CheckpointMismatchError', 'CheckpointReadError',
+            'ResumeError', 'TrainingError', 'ConversionError', 'UnknownModelError', 'InputSizeError',
+            'RankTableError', 'ExportError'} <= names
+    for cls in subclasses(UserError):
+        def fail(argv, cls=cls):
+            raise cls('the message')
+        assert_bad_input(run_main(fail), capsys.readouterr().err, 'error: the message')
+
+    def refused(argv):
+        raise OutputWriteError('cannot write x: No space left on device')
+    assert run_main(refused) == 1 and capsys.readouterr().err == 'error: cannot write x: No space left on device\n'
+
+    def bug(argv):
+        raise KeyError('a bug')
+    with pytest.raises(KeyError):
+        run_main(bug)

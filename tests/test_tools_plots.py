@@ -1,11 +1,13 @@
 """Rate and training-curve plots."""
 import json
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor
 
+from conftest import assert_bad_input
+from src.errors import UserError
 from src.models import create_model
 from src.tools import plot_curves, plot_rates
 
@@ -31,7 +33,7 @@ def test_read_rates_in_network_order(tmp_path):
 def test_no_rates_is_a_clear_error(tmp_path):
     ckpt = str(tmp_path / 'plain.ckpt')
     ms.save_checkpoint(create_model('resnet_mini', num_classes=3), ckpt)
-    with pytest.raises(ValueError, match='no ACmix rates'):
+    with pytest.raises(UserError, match='no ACmix rates'):
         plot_rates.read_rates(ckpt)
 
 
@@ -57,5 +59,20 @@ def test_missing_matplotlib_message(monkeypatch):
 
     monkeypatch.setattr(builtins, '__import__', no_matplotlib)
     from src.tools.plots import pyplot
-    with pytest.raises(ImportError, match='pip install matplotlib'):
+    with pytest.raises(UserError, match='pip install matplotlib'):
         pyplot()
+
+
+def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path, capsys):
+    from src.tools.cli import run_main
+    empty = tmp_path / 'metrics.json'
+    empty.write_text('[]')
+    for argv, starts in ((['--metrics', str(tmp_path / 'none.json')], f'error: cannot read {tmp_path}/none.json'),
+                         (['--metrics', str(empty)], f'error: {empty} holds no epochs')):
+        code = run_main(plot_curves.main, argv + ['--out', str(tmp_path / 'c.png')])
+        assert_bad_input(code, capsys.readouterr().err, starts)
+    plain = str(tmp_path / 'plain.ckpt')
+    ms.save_checkpoint(create_model('resnet_mini', num_classes=3), plain)
+    code = run_main(plot_rates.main, ['--ckpt', plain, '--out', str(tmp_path / 'r.png')])
+    assert_bad_input(code, capsys.readouterr().err, f'error: {plain} has no ACmix rates')
+    assert not (tmp_path / 'c.png').exists() and not (tmp_path / 'r.png').exists()

@@ -47,9 +47,9 @@ def build_digits_folder(root, image_size=32, val_fraction=0.2, seed=0, progress=
 
 
 def main(argv=None):
-    import argparse
+    from ..errors import ArgumentParser
     from ..progress import Progress
-    parser = argparse.ArgumentParser(description='Write the digits demo dataset as an ImageNet-layout folder.')
+    parser = ArgumentParser(description='Write the digits demo dataset as an ImageNet-layout folder.')
     parser.add_argument('--out', default='data/digits')
     parser.add_argument('--image_size', type=int, default=32)
     args = parser.parse_args(argv)
@@ -61,4 +61,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    from ..tools.cli import run_main
+    raise SystemExit(run_main(main))

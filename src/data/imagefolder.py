@@ -14,6 +14,7 @@ import mindspore.dataset as ds
 from mindspore.dataset import vision
 from mindspore.dataset.vision import Inter
 
+from ..errors import UserError
 from .mixup import MixupCutmix
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,7 +23,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPEG', '.JPG', '.PNG', '.
 _INTER = {'bilinear': Inter.BILINEAR, 'bicubic': Inter.BICUBIC}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The dataset folder is missing, empty or inconsistent, or an image cannot be decoded."""
 
 

@@ -3,6 +3,7 @@ import os
 
 import mindspore as ms
 
+from ..errors import UserError
 from ..fileio import atomic_write
 
 # Training checkpoints keep the optimizer state and scalar metadata beside the weights, under these
@@ -11,11 +12,11 @@ OPTIMIZER_PREFIX = 'optimizer.'
 META_PREFIX = 'meta.'
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint does not fit the network it is loaded into."""
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(UserError):
     """A checkpoint file cannot be read at all."""
 
 
@@ -34,7 +35,7 @@ def read_checkpoint(path):
     """{name: Parameter} of a checkpoint file; CheckpointReadError if it cannot be read
     (truncated, damaged, empty or not a MindSpore checkpoint). Files saved without a CRC load too."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise CheckpointReadError(f'checkpoint not found: {path}')
     try:
         return ms.load_checkpoint(path, crc_check=True)
     except (ValueError, RuntimeError, OSError, TypeError):

@@ -4,8 +4,10 @@ import sys
 
 import mindspore as ms
 
+from ..errors import UserError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(UserError):
     """The requested device is not available in this MindSpore installation or machine."""
 
 

@@ -10,13 +10,14 @@ import glob
 import os
 import re
 
+from ..errors import UserError
 from .checkpoint import CheckpointReadError, read_training_checkpoint
 
 _EPOCH = re.compile(r'epoch_(\d+)\.ckpt$')
 _STEP = re.compile(r'epoch_(\d+)_step_(\d+)\.ckpt$')
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """--resume auto cannot continue without losing or silently rewriting recorded epochs."""
 
 

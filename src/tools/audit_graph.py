@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..errors import ArgumentParser
+from .cli import run_main
+
 ALLOWLIST = Path(__file__).resolve().with_name('graph_allowlist.yaml')
 TARGETS = ('Ascend', 'GPU')
 GRAPHS = ('infer', 'train_O0', 'train_O2')
@@ -245,8 +248,7 @@ def _audit_model(arch, image_size, formulation='portable'):
     """(config, network) for the audit: the shipped config of `arch` if there is one (optimizer,
     clipping), the formulation, and image_size or the smallest of AUDIT_SIZES that works."""
     from ..config import load_config
-    from ..engine.trainer import build_model
-    from ..models import InputSizeError
+    from ..models import InputSizeError, build_model
     path = Path(__file__).resolve().parents[2] / 'config' / f'{arch}.yaml'
     cfg = load_config(str(path) if path.is_file() else None, {'arch': arch, 'num_classes': 10})
     cfg.model_overrides = {**cfg.model_overrides, 'formulation': formulation}
@@ -263,9 +265,11 @@ def _audit_model(arch, image_size, formulation='portable'):
 def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
     """Build and compile one graph of `arch` (in this process, whose environment has the IR dump
     on); returns a record for the parent."""
-    import src  # noqa: F401
     import mindspore as ms
     from mindspore import Tensor
+
+    import src  # noqa: F401
+
     from ..engine.optim import build_optimizer
     from ..engine.train_step import make_train_step
     from ..engine.trainer import SoftTargetCrossEntropy
@@ -313,7 +317,8 @@ def audit(arch, graph, args, root):
             raise RuntimeError(f'exit code {proc.returncode}: ' + ' | '.join(tail))
         files = sorted(glob.glob(os.path.join(tmp, 'ir', '**', '*_validate_*.ir'), recursive=True))
         if not files:
-            raise RuntimeError(f'no *_validate_*.ir in the IR dump of {arch} {graph} (are {", ".join(DUMP_ENV)} honoured?)')
+            raise RuntimeError(f'no *_validate_*.ir in the IR dump of {arch} {graph} '
+                               f'(are {", ".join(DUMP_ENV)} honoured?)')
         nodes = []
         for path in files:
             with open(path, errors='replace') as f:
@@ -323,7 +328,7 @@ def audit(arch, graph, args, root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', nargs='+', required=True, help="registered model names, or 'all'")
     parser.add_argument('--target', nargs='+', default=list(TARGETS), choices=TARGETS)
     parser.add_argument('--graphs', nargs='+', default=list(GRAPHS), choices=GRAPHS)
@@ -387,4 +392,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -25,14 +25,17 @@ import sys
 import time
 from datetime import datetime
 
+from src.errors import ArgumentParser
 from src.fileio import write_text
+from src.tools.cli import run_main
 
 RESULT_TAG = 'BENCHMARK_RESULT '
 KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'first_step_s', 'step_s', 'images_per_s',
         'peak_rss_gb')
 # MindSpore's log line of a compile event, e.g. "[INFO] PIPELINE(..):2026-11-21-23:15:09.750.671 [..]
 # PrintEventMessage] Start compiling 'step' and it will take a while...", time in ms and us fields
-COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) .*PrintEventMessage\] (Start|End) compiling ')
+COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) '
+                           r'.*PrintEventMessage\] (Start|End) compiling ')
 # Worker environment that makes MindSpore log those events (and only its PIPELINE module at INFO) to stderr
 COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'}
 
@@ -40,10 +43,11 @@ COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'
 def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None):
     """Measure one (arch, mode) in this process; returns a record with KEYS, compile_s None: the
     parent process reads it from this process's log (compile_seconds)."""
-    import numpy as np
-    import src  # noqa: F401
     import mindspore as ms
-    from mindspore import nn, Tensor
+    import numpy as np
+    from mindspore import Tensor, nn
+
+    import src  # noqa: F401
     from src.engine.train_step import make_train_step
     from src.models import create_model, size_overrides
 
@@ -130,7 +134,8 @@ def format_table(records):
     rows = [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
-            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  FAILED: {r["error"]}')
+            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  '
+                        f'FAILED: {r["error"]}')
         else:
             rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5} '
                         f'{r["compile_s"]:>10.1f} {r["first_step_s"]:>8.1f} {r["step_s"]:>8.3f} '
@@ -188,7 +193,7 @@ def combine_rounds(rounds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', nargs='+', required=True)
     parser.add_argument('--mode', nargs='+', default=['infer'], choices=['infer', 'train'])
     parser.add_argument('--batch_size', type=int, default=8)
@@ -196,7 +201,8 @@ def main(argv=None):
     parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
     parser.add_argument('--formulation', default=None, choices=['cpu', 'portable'],
                         help='of the ACmix layers (default: the device target decides, src/layers/formulation.py)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps; the first (first_step_s) includes compilation')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed steps; the first (first_step_s) includes compilation')
     parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
     parser.add_argument('--rounds', type=int, default=1,
                         help='measure every (arch, mode) this many times, interleaved, and report medians: '
@@ -239,4 +245,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

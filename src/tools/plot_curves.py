@@ -2,11 +2,12 @@
 
     python -m src.tools.plot_curves --metrics outputs/demo/metrics.json --out curves.png
 """
-import argparse
 import json
 import os
 import sys
 
+from src.errors import ArgumentParser, UserError
+from src.tools.cli import run_main
 from src.tools.plots import pyplot, save_figure
 
 
@@ -37,18 +38,22 @@ def plot_curves(history, out_path, title=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--metrics', required=True, help='metrics.json written by train.py')
     parser.add_argument('--out', default='curves.png')
     args = parser.parse_args(argv)
-    with open(args.metrics) as f:
-        history = json.load(f)
-    if not history:
-        raise ValueError(f'{args.metrics} holds no epochs')
-    plot_curves(history, args.out, f'training curves: {os.path.basename(os.path.dirname(os.path.abspath(args.metrics)))}')
+    try:
+        with open(args.metrics) as f:
+            history = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f'cannot read {args.metrics}: {err}') from None
+    if not isinstance(history, list) or not history:
+        raise UserError(f'{args.metrics} holds no epochs (expected the metrics.json that train.py writes)')
+    run_name = os.path.basename(os.path.dirname(os.path.abspath(args.metrics)))
+    plot_curves(history, args.out, f'training curves: {run_name}')
     print(f'wrote {args.out}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

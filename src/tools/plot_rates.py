@@ -5,15 +5,14 @@
 rate1 weights the attention path and rate2 the convolution path of every ACmix layer; the x axis is
 the layer's position in the network (checkpoint order, which is the order of the layers).
 """
-import argparse
 import os
 import sys
 
 import numpy as np
 
-import src  # noqa: F401
-
 from src.engine.checkpoint import read_checkpoint
+from src.errors import ArgumentParser, UserError
+from src.tools.cli import run_main
 from src.tools.plots import pyplot, save_figure
 
 
@@ -22,7 +21,7 @@ def read_rates(ckpt_path):
     params = read_checkpoint(ckpt_path)
     layers = [name[:-len('.rate1')] for name in params if name.endswith('.rate1')]
     if not layers:
-        raise ValueError(f'{ckpt_path} has no ACmix rates (no *.rate1 parameters): is it an ACmix model '
+        raise UserError(f'{ckpt_path} has no ACmix rates (no *.rate1 parameters): is it an ACmix model '
                          "with paths='both'?")
     return [(layer, float(params[layer + '.rate1'].asnumpy().reshape(-1)[0]),
              float(params[layer + '.rate2'].asnumpy().reshape(-1)[0])) for layer in layers]
@@ -46,7 +45,7 @@ def plot_rates(rates, out_path, title=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--ckpt', required=True)
     parser.add_argument('--out', default='rates.png')
     args = parser.parse_args(argv)
@@ -59,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

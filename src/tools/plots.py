@@ -1,12 +1,13 @@
 """Shared plotting set-up: matplotlib is optional and only these tools need it."""
+from ..errors import UserError
 
 
 def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, or a clear ImportError."""
+    """matplotlib.pyplot on the non-interactive Agg backend; a UserError saying how to install it."""
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError('plotting needs matplotlib: pip install matplotlib') from err
+        raise UserError('plotting needs matplotlib: pip install matplotlib') from err
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt

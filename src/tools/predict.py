@@ -11,16 +11,13 @@ import os
 import re
 import sys
 
-import numpy as np
-
-import src  # noqa: F401
 import mindspore as ms
-from mindspore import nn, Tensor
+import numpy as np
+from mindspore import Tensor, nn
 
-from src.config import ConfigError, argument_parser, config_from_parsed
+from src.config import argument_parser, config_from_parsed
 from src.data.imagefolder import DataError, class_names, eval_transforms, imagenet_class_names, readable_images
 from src.engine.context import setup_context
-
 
 SYNSET = re.compile(r'n\d{8}')
 
@@ -55,7 +52,7 @@ def softmax(x):
 def load_predictor(cfg, checkpoint=None, mindir=None):
     if mindir:
         return nn.GraphCell(ms.load(mindir))
-    from src.engine.trainer import build_model
+    from src.models import build_model
     from src.tools.weights import load_weights
     net = load_weights(build_model(cfg), checkpoint)
     net.set_train(False)
@@ -69,10 +66,7 @@ def main(argv=None):
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('images', nargs='+')
     args, rest = parser.parse_known_args(argv)
-    try:
-        cfg = config_from_parsed(args, rest)
-    except ConfigError as err:
-        parser.error(str(err))
+    cfg = config_from_parsed(args, rest)
     if bool(cfg.checkpoint) == bool(args.mindir):
         parser.error('give one of --checkpoint (.ckpt or official .pth) and --mindir')
     missing = [p for p in args.images if not os.path.isfile(p)]

@@ -8,18 +8,17 @@ Every network parameter must be matched by exactly one key of the right shape; o
 conversion stops, listing the offending keys, and nothing is written. torch is needed only here,
 to read the .pth file (pip install torch==2.13.0).
 """
-import argparse
 import sys
 
+import mindspore as ms
 import numpy as np
 
-import src  # noqa: F401  (environment defaults before MindSpore loads)
-import mindspore as ms
-
 from src.engine.checkpoint import describe_mismatch, save_checkpoint_atomic
+from src.errors import ArgumentParser, UserError
 from src.fileio import OutputWriteError
-from src.progress import Progress
 from src.models import create_model, list_models
+from src.progress import Progress
+from src.tools.cli import run_main
 
 # Buffers of the official models that are constants here (built in __init__, not parameters).
 IGNORED_LEAVES = ('num_batches_tracked', 'relative_position_index', 'attn_mask')
@@ -32,7 +31,7 @@ LEAF_CANDIDATES = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """The .pth file cannot be converted for this architecture."""
 
 
@@ -137,7 +136,7 @@ def convert(arch, state_dict, ckpt_path, num_classes=None, progress=None, **over
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', required=True, choices=list_models(), metavar='ARCH',
                         help='registered model name: ' + ', '.join(list_models()))
     parser.add_argument('--pth', required=True, help='input PyTorch checkpoint')
@@ -152,14 +151,13 @@ def main(argv=None):
         state_dict = load_pth(args.pth, args.trust_pickle)
         convert(args.arch, state_dict, args.ckpt, args.num_classes, progress=progress)
     except (ConversionError, OutputWriteError) as err:
+        raise type(err)(f'{err}\nnothing was written.') from None
+    finally:
         progress.close()
-        print(f'error: {err}\nnothing was written.', file=sys.stderr)
-        return 1
-    progress.close()
     print(f'read {len(state_dict)} tensors from {args.pth}', flush=True)
     print(f'wrote {args.ckpt}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -7,18 +7,20 @@ prints one line per rank of this server, sorted by rank id: `RANK_ID DEVICE_ID R
 decimal integers (RANK_SIZE is the number of devices in the whole table). A table that lists several
 servers needs this server's `server_id`, from --server_id or the SERVER_ID environment variable; a
 one-server table needs none. An invalid table, or one that lists another number of devices than
-DEVICE_NUM for this server, is a one-line `error: ...` on stderr and exit code 1.
+DEVICE_NUM for this server, is a one-line `error: ...` on stderr and exit code 2.
 
 Standard library only (no MindSpore), so it runs before any device set-up.
 """
-import argparse
 import json
 import os
 import re
 import sys
 
+from ..errors import ArgumentParser, UserError
+from .cli import run_main
 
-class RankTableError(ValueError):
+
+class RankTableError(UserError):
     """The rank table cannot be used as it is."""
 
 
@@ -109,22 +111,18 @@ def ranks_for_server(table, device_num, server_id=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m src.tools.rank_table',
+    parser = ArgumentParser(prog='python -m src.tools.rank_table',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('rank_table_file')
     parser.add_argument('device_num', type=int)
     parser.add_argument('--server_id', default=os.environ.get('SERVER_ID', ''),
                         help="this machine's server_id in the table (default: $SERVER_ID)")
     args = parser.parse_args(argv)
-    try:
-        ranks, rank_size = ranks_for_server(load_table(args.rank_table_file), args.device_num, args.server_id)
-    except RankTableError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    ranks, rank_size = ranks_for_server(load_table(args.rank_table_file), args.device_num, args.server_id)
     for rank_id, device_id in ranks:
         print(rank_id, device_id, rank_size)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))
