@@ -1,5 +1,6 @@
-"""Configuration: one flat schema of known keys with defaults, yaml files that set some of them,
-command-line overrides (`--key value` or `key=value`). An unknown or mistyped key is an error that
+"""Configuration: one flat schema of known keys with defaults, yaml files that set some of them (a
+file may start from another with `base: <path>`, so a recipe is written once), command-line
+overrides (`--key value` or `key=value`). An unknown or mistyped key is an error that
 names it; values are checked against the type of their default and the allowed choices.
 
 A config is a plain `Config` (attribute access to a dict), passed to the code that needs it; no
@@ -12,6 +13,7 @@ import re
 
 import yaml
 
+from .errors import ArgumentParser, UserError
 from .fileio import write_text
 
 # key: (default, help). The type of the default is the key's type; None means "any / not set".
@@ -105,7 +107,7 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or override is invalid."""
 
 
@@ -163,7 +165,8 @@ def _validate(cfg):
     if not 1.0 <= cfg.loss_scale <= float32_max:
         raise ConfigError(f"config key 'loss_scale' must be between 1 and {float32_max:.4g}, got {cfg.loss_scale}")
     if cfg.max_device_memory and not re.fullmatch(r'[0-9]+(\.[0-9]+)?GB', cfg.max_device_memory):
-        raise ConfigError(f"config key 'max_device_memory' must look like '30GB' (or be empty), got {cfg.max_device_memory!r}")
+        raise ConfigError("config key 'max_device_memory' must look like '30GB' (or be empty), got "
+                          f'{cfg.max_device_memory!r}')
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
 
@@ -188,22 +191,56 @@ def parse_overrides(items):
     return out
 
 
-def load_config(path=None, overrides=None):
-    """Defaults <- yaml file <- overrides; returns a validated Config."""
+# A yaml file's `base: <path>` names a file whose keys it starts from; it is a property of the file,
+# not a config key, so it never reaches the Config (or the saved config.yaml).
+BASE_KEY = 'base'
+
+
+def _read_file(path, named_by=None, chain=()):
+    """The keys of yaml file `path` over those of its `base` chain, loaded recursively. `named_by` is
+    the file whose `base` this is and `chain` the files above it, for the error messages."""
+    where = f' (the base of {named_by})' if named_by else ''
+    if not os.path.isfile(path):
+        raise ConfigError(f'base config file not found: {path}, named by {named_by}' if named_by
+                          else f'config file not found: {path}')
+    # realpath: a cycle is the same file reached again, whatever relative path named it
+    if os.path.realpath(path) in (os.path.realpath(p) for p in chain):
+        raise ConfigError('config files name each other as base: ' + ' -> '.join((*chain, path)))
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f'{path}{where}: expected a mapping of keys to values')
+    # every file is checked on its own, so an unknown key names the file it is written in
+    for key in loaded:
+        if key != BASE_KEY and key not in SCHEMA:
+            raise ConfigError(_unknown(key) + f' in {path}{where}')
     values = {}
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f'config file not found: {path}')
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f'{path}: expected a mapping of keys to values')
-        values.update(loaded)
-    values.update(overrides or {})
+    if BASE_KEY in loaded:
+        base = loaded.pop(BASE_KEY)
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: '{BASE_KEY}' must be the path of a yaml file, got {base!r}")
+        # relative to the naming file's folder, so a config works from any working directory; the
+        # real one, so a symlink to a shipped config (and the launchers' realpath of it) finds its base
+        base_path = os.path.join(os.path.dirname(os.path.realpath(path)), os.path.expanduser(base))
+        base_path = os.path.normpath(base_path)
+        values = _read_file(base_path, path, (*chain, path))
+    values.update(loaded)
+    return values
+
+
+def load_config(path=None, overrides=None):
+    """Defaults <- base files (a yaml file's `base: <path>`, recursively) <- yaml file <- overrides;
+    returns a validated Config."""
+    overrides = overrides or {}
+    if BASE_KEY in overrides:
+        raise ConfigError(f"'{BASE_KEY}' cannot be overridden: it is a key of a yaml file "
+                          f"(`{BASE_KEY}: <path>`); pass that file with --config")
+    values = _read_file(path) if path else {}
+    values.update(overrides)
     cfg = Config({k: v[0] for k, v in SCHEMA.items()})
     for key, value in values.items():
-        if key not in SCHEMA:
-            raise ConfigError(_unknown(key) + (f' in {path}' if path and key not in (overrides or {}) else ''))
+        if key not in SCHEMA:  # only overrides are left unchecked by _read_file
+            raise ConfigError(_unknown(key))
         cfg[key] = _coerce(key, value)
     _validate(cfg)
     return _resolve_paths(cfg)
@@ -238,7 +275,7 @@ _OVERRIDE = 'override_'
 def argument_parser(description):
     """`--config FILE` plus one `--key value` option per schema key. Declaring the keys lets
     argparse tell their values from positional arguments (predict's image paths)."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+    parser = ArgumentParser(description=description, allow_abbrev=False,
                                      usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
                                      epilog='Config keys can also be given as key=value.')
     parser.add_argument('--config', default=None, help='yaml config file (see config/)')
@@ -257,9 +294,5 @@ def config_from_parsed(args, rest):
 
 
 def config_from_args(description, argv=None):
-    parser = argument_parser(description)
-    args, rest = parser.parse_known_args(argv)
-    try:
-        return config_from_parsed(args, rest)
-    except ConfigError as err:
-        parser.error(str(err))
+    args, rest = argument_parser(description).parse_known_args(argv)
+    return config_from_parsed(args, rest)

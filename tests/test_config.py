@@ -6,14 +6,108 @@ import pytest
 import yaml
 
 from src.config import ConfigError, config_from_args, load_config, parse_overrides, save_config
+from src.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'config', '*.yaml'))))
+MODEL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*.yaml')))
+BASE_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', 'base', '*.yaml')))
+
+
+@pytest.mark.parametrize('path', MODEL_CONFIGS)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.arch in os.path.basename(path) or 'demo' in path
+    # arch and output_dir are per model: a base setting them would send two models to one folder
+    own = yaml.safe_load(open(path))
+    assert 'arch' in own and 'output_dir' in own
+
+
+@pytest.mark.parametrize('path', BASE_CONFIGS)
+def test_shipped_base_configs_load_and_are_used(path):
+    """config/base/ holds the shared recipes: each loads on its own, sets no per-model key and is
+    the base of some shipped file."""
+    load_config(path)
+    assert not {'arch', 'output_dir'} & set(yaml.safe_load(open(path)))
+    named = {os.path.normpath(os.path.join(os.path.dirname(p), yaml.safe_load(open(p)).get('base', '')))
+             for p in MODEL_CONFIGS + BASE_CONFIGS}
+    assert path in named
+
+
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_precedence_and_two_level_chain(tmp_path):
+    """Defaults < grandparent < parent < file < command line, and `base` is no key of the result."""
+    _write(tmp_path, 'base/common.yaml', 'epochs: 50\nlr: 0.5\nseed: 7\nmomentum: 0.8\n')
+    _write(tmp_path, 'base/recipe.yaml', 'base: common.yaml\nlr: 0.2\nepochs: 40\nwarmup_epochs: 2\n')
+    path = _write(tmp_path, 'model.yaml', 'base: base/recipe.yaml\narch: resnet_mini\nlr: 0.05\n')
+    cfg = load_config(path, parse_overrides(['--epochs', '4']))
+    assert (cfg.epochs, cfg.lr, cfg.warmup_epochs, cfg.seed, cfg.momentum) == (4, 0.05, 2, 7, 0.8)
+    assert cfg.arch == 'resnet_mini' and cfg.batch_size == 32  # own key; untouched default
+    assert isinstance(cfg.lr, float) and 'base' not in cfg
+    assert load_config(path).epochs == 40
+
+
+def test_base_is_relative_to_the_naming_file(tmp_path, monkeypatch):
+    _write(tmp_path, 'configs/base/r.yaml', 'lr: 0.3\n')
+    path = _write(tmp_path, 'configs/m.yaml', 'base: base/r.yaml\n')
+    _write(tmp_path, 'elsewhere/base/r.yaml', 'lr: 0.9\n')  # what a cwd-relative lookup would find
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert load_config(os.path.relpath(path)).lr == 0.3
+    # through a symlink: the folder of the file it points to
+    os.symlink(path, tmp_path / 'elsewhere' / 'link.yaml')
+    assert load_config('link.yaml').lr == 0.3
+
+
+def test_inherited_config_saves_whole(tmp_path):
+    """The saved config.yaml is the resolved config: every key, no `base`, loadable without the bases."""
+    _write(tmp_path, 'base.yaml', 'lr: 0.3\nepochs: 12\n')
+    path = _write(tmp_path, 'm.yaml', 'base: base.yaml\narch: resnet_mini\n')
+    cfg = load_config(path, {'seed': 5})
+    out = tmp_path / 'run' / 'config.yaml'
+    save_config(cfg, str(out))
+    (tmp_path / 'base.yaml').unlink()
+    written = yaml.safe_load(out.read_text())
+    assert set(written) == set(cfg) and 'base' not in written
+    assert (written['lr'], written['epochs'], written['seed']) == (0.3, 12, 5)
+    assert load_config(str(out)) == cfg
+
+
+def test_base_errors(tmp_path):
+    m = _write(tmp_path, 'm.yaml', 'base: missing.yaml\n')
+    with pytest.raises(ConfigError, match=r'base config file not found: .*missing\.yaml, named by .*m\.yaml'):
+        load_config(m)
+    a = _write(tmp_path, 'a.yaml', 'base: b.yaml\n')
+    _write(tmp_path, 'b.yaml', 'base: ./a.yaml\n')
+    with pytest.raises(ConfigError, match=r'name each other as base: .*a\.yaml -> .*b\.yaml -> .*a\.yaml$'):
+        load_config(a)
+    s = _write(tmp_path, 'self.yaml', 'base: self.yaml\n')
+    with pytest.raises(ConfigError, match='name each other as base'):
+        load_config(s)
+    _write(tmp_path, 'list.yaml', '- lr: 0.1\n')
+    with pytest.raises(ConfigError, match=r'list\.yaml \(the base of .*l\.yaml\): expected a mapping'):
+        load_config(_write(tmp_path, 'l.yaml', 'base: list.yaml\n'))
+    for value in ('3', '[a.yaml, b.yaml]', 'null', "''"):
+        with pytest.raises(ConfigError, match=r"n\.yaml: 'base' must be the path of a yaml file"):
+            load_config(_write(tmp_path, 'n.yaml', f'base: {value}\n'))
+    _write(tmp_path, 'typo.yaml', 'lrr: 0.1\n')
+    with pytest.raises(ConfigError,
+                       match=r"unknown config key 'lrr' \(did you mean lr.*\) in .*typo\.yaml \(the base of"):
+        load_config(_write(tmp_path, 't.yaml', 'base: typo.yaml\n'))
+
+
+def test_base_is_not_an_override(tmp_path):
+    path = _write(tmp_path, 'r.yaml', 'lr: 0.3\n')
+    with pytest.raises(ConfigError, match="'base' cannot be overridden"):
+        load_config(None, parse_overrides([f'base={path}']))
+    with pytest.raises(ConfigError, match="'base' cannot be overridden"):
+        load_config(os.path.join(ROOT, 'config', 'demo_cpu.yaml'), {'base': path})
 
 
 def test_unknown_key_in_file_is_named(tmp_path):
@@ -49,10 +143,11 @@ def test_resolved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / 'config.yaml').read_text())['lr'] == 0.3
 
 
-def test_command_line_error_exits_with_message(capsys):
-    with pytest.raises(SystemExit):
+def test_command_line_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown config key 'bogus_key'"):
         config_from_args('x', ['--bogus_key', '1'])
-    assert "unknown config key 'bogus_key'" in capsys.readouterr().err
+    with pytest.raises(UserError, match='argument --config: expected one argument'):
+        config_from_args('x', ['--config'])
 
 
 def test_acmix_cwd_makes_relative_paths_absolute(monkeypatch, tmp_path):
