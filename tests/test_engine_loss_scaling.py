@@ -16,7 +16,8 @@ from conftest import tiny_config
 from src.config import ConfigError
 from src.engine.checkpoint import load_training_checkpoint
 from src.engine.train_step import clip_by_global_norm, make_train_step
-from src.engine.trainer import build_model, train
+from src.engine.trainer import train
+from src.models import build_model
 from src.tools.cli import run_main
 
 # fp16 gradients of resnet_mini on the tiny set overflow at this scale, not at a few halvings below it.
@@ -106,7 +107,8 @@ def test_overflowing_steps_are_skipped_counted_and_training_recovers(overflowing
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert json.loads((out / 'metrics.json').read_text()) == history
     log = (out / 'train.log').read_text()
-    assert re.search(rf'epoch 1/4 step 1/3 loss \S+ lr \S+ loss scale {OVERFLOWING_SCALE / 2:g} \(skipped 1 of 1 steps\) ',
+    assert re.search(rf'epoch 1/4 step 1/3 loss \S+ lr \S+ loss scale {OVERFLOWING_SCALE / 2:g} '
+                     r'\(skipped 1 of 1 steps\) ',
                      log), log
 
 

@@ -12,7 +12,8 @@ from src.data.imagefolder import DataError, build_dataset
 from src.engine.checkpoint import load_training_checkpoint
 from src.engine.evaluate import evaluate
 from src.engine.optim import warmup_cosine_lr
-from src.engine.trainer import build_model, train
+from src.engine.trainer import train
+from src.models import build_model
 
 
 def test_eta_format():

@@ -2,14 +2,14 @@
 import os
 import re
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 
 import export as export_script
 from conftest import tiny_config
 from src.engine.checkpoint import save_training_checkpoint
-from src.engine.trainer import build_model
+from src.models import build_model
 
 
 @pytest.mark.parametrize('arch,dynamic', [('acmix_resnet_mini', False), ('acmix_resnet_mini', True),
@@ -58,6 +58,7 @@ def test_eval_script_on_an_official_pth(tiny_imagefolder, tmp_path, capsys):
     """eval.py takes an official-format .pth (converted in memory) and reports on every val image."""
     torch = pytest.importorskip('torch')
     import json
+
     import eval as eval_script
     import torch_reference as tref
     tmodel = tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),

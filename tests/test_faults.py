@@ -15,12 +15,18 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_config, train_command
-from src.engine.checkpoint import CheckpointReadError, load_training_checkpoint, read_checkpoint, \
-    read_training_checkpoint, save_training_checkpoint
+from src.engine.checkpoint import (
+    CheckpointReadError,
+    load_training_checkpoint,
+    read_checkpoint,
+    read_training_checkpoint,
+    save_training_checkpoint,
+)
 from src.engine.optim import build_optimizer
 from src.engine.resume import ResumeError
-from src.engine.trainer import build_model, train
+from src.engine.trainer import train
 from src.fileio import LogFileHandler, OutputWriteError, atomic_write, write_text
+from src.models import build_model
 
 
 def _namespace_works():

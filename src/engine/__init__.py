@@ -1,1 +1,2 @@
-"""Training-side machinery: checkpoints (and, later, the training loop and schedules)."""
+"""Training-side machinery: the device context, the training loop (`trainer.train`), its jitted step,
+optimizers and schedules, evaluation, checkpoints, resume and preemption."""

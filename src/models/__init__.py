@@ -1,3 +1,14 @@
-"""Model zoo: `create_model(name, num_classes=1000, **overrides)`, `list_models()`."""
+"""Model zoo: `create_model(name, num_classes=1000, **overrides)`, `list_models()`, `build_model(cfg)`."""
 from . import resnet, swin  # noqa: F401  (registers the models)
-from .registry import InputSizeError, UnknownModelError, create_model, list_models, register_model, size_overrides
+from .registry import (
+                       InputSizeError,
+                       UnknownModelError,
+                       build_model,
+                       create_model,
+                       list_models,
+                       register_model,
+                       size_overrides,
+)
+
+__all__ = ['InputSizeError', 'UnknownModelError', 'build_model', 'create_model', 'list_models', 'register_model',
+           'size_overrides']

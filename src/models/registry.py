@@ -1,15 +1,19 @@
-"""Model registry: `create_model(name, num_classes=1000, **overrides)` and `list_models()`."""
+"""Model registry: `create_model(name, num_classes=1000, **overrides)`, `list_models()`, and
+`build_model(cfg)`, the model a run's configuration describes."""
 import difflib
+
+from ..errors import UserError
 
 _MODEL_FNS = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError):
     """No model is registered under that name."""
 
 
-class InputSizeError(ValueError):
+class InputSizeError(UserError):
     """The model cannot take inputs of this size; the message names sizes that work."""
+
 
 _SIZED_MODELS = set()
 
@@ -45,3 +49,17 @@ def create_model(name, num_classes=1000, **overrides):
         hint = f' Did you mean {", ".join(close)}?' if close else ''
         raise UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
     return _MODEL_FNS[name](num_classes=num_classes, **overrides)
+
+
+def build_model(cfg):
+    """The model of a run's configuration (any object with the config keys as attributes: arch,
+    num_classes, image_size, drop_path_rate, model_overrides), checked against its image size so
+    that a size the model cannot take fails before any data is read."""
+    overrides = dict(cfg.model_overrides)
+    overrides.update(size_overrides(cfg.arch, cfg.image_size))
+    if cfg.drop_path_rate is not None:
+        overrides['drop_path_rate'] = cfg.drop_path_rate
+    net = create_model(cfg.arch, num_classes=cfg.num_classes, **overrides)
+    if hasattr(net, 'check_input_size'):
+        net.check_input_size(cfg.image_size)
+    return net
