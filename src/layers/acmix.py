@@ -17,7 +17,7 @@ The two hot parts, the local attention and the convolution path, come in two for
 (`formulation.py`): portable ops for Ascend and GPU, and forms tuned for MindSpore's CPU kernels.
 """
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import Parameter, Tensor, nn, ops
 
 from .conv_path import shift_kernels
 from .formulation import convolution_path, local_attention, resolve_formulation
@@ -30,9 +30,18 @@ def check_odd(name, value):
         raise ValueError(f'{name} must be a positive odd integer, got {value!r}')
 
 
-def check_paths(paths):
+def acmix_paths(paths):
+    """(use_att, use_conv) of an ACmix layer's `paths` argument."""
     if paths not in ACMIX_PATHS:
         raise ValueError(f'paths must be one of {ACMIX_PATHS}, got {paths!r}')
+    return paths in ('both', 'attention'), paths in ('both', 'conv')
+
+
+def mixing_rates():
+    """rate1 (attention) and rate2 (convolution) of a layer running both paths, both 0.5 as in the
+    official init_rate_half; named as the official parameters."""
+    return (Parameter(Tensor([0.5], ms.float32), name='rate1'),
+            Parameter(Tensor([0.5], ms.float32), name='rate2'))
 
 
 class LocalAttentionACmix(nn.Cell):
@@ -63,7 +72,7 @@ class LocalAttentionACmix(nn.Cell):
             raise ValueError(f'out_planes ({out_planes}) must be divisible by head ({head})')
         if stride < 1 or dilation < 1:
             raise ValueError(f'stride and dilation must be >= 1, got {stride} and {dilation}')
-        check_paths(paths)
+        use_att, use_conv = acmix_paths(paths)
         self.formulation = resolve_formulation(formulation)
         self.out_planes = out_planes
         self.head = head
@@ -72,8 +81,7 @@ class LocalAttentionACmix(nn.Cell):
         self.kernel_conv = kernel_conv
         self.stride = stride
         self.dilation = dilation
-        self.use_att = paths in ('both', 'attention')
-        self.use_conv = paths in ('both', 'conv')
+        self.use_att, self.use_conv = use_att, use_conv
 
         self.conv1 = nn.Conv2d(in_planes, out_planes, 1, pad_mode='valid', has_bias=True)
         self.conv2 = nn.Conv2d(in_planes, out_planes, 1, pad_mode='valid', has_bias=True)
@@ -100,8 +108,7 @@ class LocalAttentionACmix(nn.Cell):
             self.conv_path = convolution_path(self.formulation, head, self.head_dim, out_planes, kernel_conv,
                                               stride, dilation)
         if self.use_att and self.use_conv:
-            self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
-            self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
+            self.rate1, self.rate2 = mixing_rates()
 
     @property
     def min_input_size(self):

@@ -16,10 +16,10 @@ import os
 import mindspore as ms
 
 from .conv_path import ConvolutionPath
-from .local_attention import LocalAttention
 from .cpu.conv_path import FoldConvolutionPath, KernelConvolutionPath
 from .cpu.kernels import conv_path_ops
 from .cpu.local_attention import BlockedLocalAttention
+from .local_attention import LocalAttention
 
 FORMULATIONS = ('portable', 'cpu')
 ENV_FORMULATION = 'ACMIX_FORMULATION'

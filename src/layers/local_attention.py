@@ -11,7 +11,7 @@ weight of exactly 0. Keys and values are read about 3.5 times instead of k*k = 4
 (`cpu/local_attention.py`), which runs the same blocks with CPU-specific kernels.
 """
 import numpy as np
-from mindspore import nn, ops, Tensor
+from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from .padding import zero_pad_2d, zero_pad_axis

@@ -10,10 +10,10 @@ shifted map across window borders and the roll seam, unmasked, with zero padding
 formulations (`formulation.py`): portable ops, and a fused C++ kernel on CPU.
 """
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from .acmix import check_odd, check_paths
+from .acmix import acmix_paths, check_odd, mixing_rates
 from .conv_path import shift_kernels
 from .formulation import convolution_path, resolve_formulation
 from .window_ops import relative_position_index, window_partition, window_reverse
@@ -117,9 +117,7 @@ class WindowAttentionACmix(WindowAttention):
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0,
                  proj_drop=0.0, kernel_conv=3, paths='both', learnable_shift=True, formulation=None):
         check_odd('kernel_conv', kernel_conv)
-        check_paths(paths)
-        self.use_att = paths in ('both', 'attention')
-        self.use_conv = paths in ('both', 'conv')
+        self.use_att, self.use_conv = acmix_paths(paths)
         super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.formulation = resolve_formulation(formulation)
         self.kernel_conv = kernel_conv
@@ -136,8 +134,7 @@ class WindowAttentionACmix(WindowAttention):
             self.conv_path = convolution_path(self.formulation, num_heads, self.head_dim, dim, kernel_conv,
                                               channels_last=True)
         if self.use_att and self.use_conv:
-            self.rate1 = Parameter(Tensor([0.5], ms.float32), name='rate1')
-            self.rate2 = Parameter(Tensor([0.5], ms.float32), name='rate2')
+            self.rate1, self.rate2 = mixing_rates()
 
     def _init_attention(self, attn_drop):
         if self.use_att:

@@ -5,8 +5,7 @@
 // k*k channels for every head-dim index d, then dep_conv, a k x k convolution with hd groups (group
 // d reads f channels d*k2 + j, j < k*k, and writes outputs d*nh + m, m < nh), zero padding k / 2.
 //
-// Why a kernel: in MindSpore's CPU ops the path makes an ACmix Swin-T training step about 10%
-// slower than with this kernel (paired runs, README's Benchmark section). oneDNN runs a grouped
+// Why a kernel: MindSpore's CPU ops run this path far below the CPU's speed. oneDNN runs a grouped
 // convolution with 9 input and 3-24 output channels per group far below the CPU's speed (its
 // forward copies k*k*9 values per pixel before a tiny matmul; its backward kernels are slower
 // still), and the fc needs the token-major qkv transposed to channel planes.

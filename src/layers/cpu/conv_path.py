@@ -7,11 +7,11 @@ the portable `..conv_path.ConvolutionPath`: construct(qkv, fc_weight, fc_bias, d
 * Swin layout (qkv token-major NHWC): KernelConvolutionPath, one hand-written C++ kernel pair
   (`kernels.py`, `acmix_cpu.cc`), float32; other dtypes run the portable path.
 """
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+import numpy as np
+from mindspore import Tensor, nn, ops
 
-from .local_attention import _SwapLastAxes, _eye
+from .local_attention import _eye, _SwapLastAxes
 
 
 def mirrored_taps(kernel_size):

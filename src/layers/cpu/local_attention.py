@@ -1,10 +1,10 @@
 """The blocked local-window attention of the ResNet ACmix layer, tuned for MindSpore's CPU kernels.
 
 The same blocks, key rectangles and mask as the portable `..local_attention.LocalAttention`, built
-from CPU-specific forms (measured on the training step of acmix_resnet26):
+from CPU-specific forms:
 
 * No Transpose kernels on large tensors: on CPU each keeps an index table of 8 bytes per element
-  for the graph's life (about 1 GB over this model's training graph). Axes are swapped by matmuls
+  for the graph's life. Axes are swapped by matmuls
   with identity matrices instead, which are exact on CPU (not on devices whose fp32 matmuls may
   run in reduced precision: that is why this is the CPU formulation only).
 * No broadcasting Mul/Add/Sub on large tensors (they keep 16 bytes per element the same way);
@@ -12,9 +12,9 @@ from CPU-specific forms (measured on the training step of acmix_resnet26):
 * Blocks and key rectangles are gathered with Im2Col (`ops.unfold`) and the output scattered with
   Col2Im (`ops.fold`), and the attention core has a hand-written backward (_BlockAttention).
 """
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+import numpy as np
+from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from ..local_attention import block_geometry, pad_end, window_mask
