@@ -12,12 +12,14 @@ import shlex
 import sys
 
 import src  # noqa: F401  (environment defaults before MindSpore loads)
+
+# isort: split
 from src.config import config_from_args, save_config
-from src.tools.cli import run_main
 from src.engine.checkpoint import CheckpointMismatchError
 from src.engine.context import setup_context
 from src.engine.preemption import TrainingStopped
 from src.engine.trainer import train
+from src.tools.cli import run_main
 from src.tools.pth2ckpt import ConversionError
 from src.tools.weights import load_weights
 
@@ -34,7 +36,8 @@ def pretrained_loader(cfg):
         except (CheckpointMismatchError, ConversionError) as err:
             if cfg.new_head:
                 raise
-            raise type(err)(f'{err}\nto fine-tune on other classes with a new classifier, add --new_head true') from None
+            raise type(err)(f'{err}\nto fine-tune on other classes with a new classifier, '
+                            'add --new_head true') from None
         print(f'initialised from {cfg.pretrained}' + (' (new classifier head)' if cfg.new_head else ''), flush=True)
     return init_weights
 

@@ -13,8 +13,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import src  # noqa: E402,F401
+
+# isort: split
 import mindspore as ms  # noqa: E402
-from mindspore import nn, ops, Tensor  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
 
 
 class Violations(nn.Cell):

@@ -1,6 +1,8 @@
 """An msrun worker for test_engine_distributed: each rank gives AllRanksFinite (the train step's
 reduction of the overflow decision) its own local verdict and prints what comes back."""
 import src  # noqa: F401  (environment defaults before MindSpore loads)
+
+# isort: split
 import mindspore as ms
 from mindspore.communication import get_group_size, get_rank, init
 

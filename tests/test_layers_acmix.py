@@ -1,9 +1,9 @@
 """The ResNet ACmix layer against a NumPy reference written from the paper's equations and the
 official numerics (reflection padding, q-only scaling, head-major split, d*9+j conv channels), and
 its gradients against autodiff of the plain formulation; every test in both formulations."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.layers import LocalAttentionACmix, shift_kernels
@@ -32,7 +32,9 @@ def reference_acmix(layer, x):
         grid = np.stack([np.tile(np.linspace(-1, 1, w), (h, 1)), np.tile(np.linspace(-1, 1, h)[:, None], (1, w))])
         pe = conv1x1('conv_p', grid[None].astype(np.float32))[0]  # (hd, h, w)
         pad = (dil * (ka - 1) + 1) // 2
-        padf = lambda t: np.pad(t, [(0, 0)] * (t.ndim - 2) + [(pad, pad), (pad, pad)], mode='reflect')
+
+        def padf(t):
+            return np.pad(t, [(0, 0)] * (t.ndim - 2) + [(pad, pad), (pad, pad)], mode='reflect')
         kp, vp, pep = padf(k.reshape(b, head, hd, h, w)), padf(v.reshape(b, head, hd, h, w)), padf(pe)
         qs = q.reshape(b, head, hd, h, w) * hd ** -0.5
         out = np.zeros((b, head, hd, h_out, w_out))
@@ -63,7 +65,8 @@ def reference_acmix(layer, x):
             src = fp[:, g * kc * kc:(g + 1) * kc * kc]
             for a in range(kc):
                 for c in range(kc):
-                    patch = src[:, :, a * dil: a * dil + s * (h_out - 1) + 1: s, c * dil: c * dil + s * (w_out - 1) + 1: s]
+                    patch = src[:, :, a * dil: a * dil + s * (h_out - 1) + 1: s,
+                                c * dil: c * dil + s * (w_out - 1) + 1: s]
                     out[:, o] += np.einsum('i,bihw->bhw', wt[o, :, a, c], patch)
         outs.append(out)
     if len(outs) == 2:

@@ -4,9 +4,9 @@ in MindSpore ops."""
 import shutil
 import warnings
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.layers import ConvolutionPath, WindowAttentionACmix

@@ -2,13 +2,20 @@
 the ACmix window attention against a NumPy forward of the official equations, and its gradients
 against autodiff of the official formulation, in both formulations (the convolution path as the
 CPU kernel, and in portable ops)."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from src.layers import (WindowAttention, WindowAttentionACmix, relative_position_index, roll_hw,
-                        shifted_window_mask, window_partition, window_reverse)
+from src.layers import (
+    WindowAttention,
+    WindowAttentionACmix,
+    relative_position_index,
+    roll_hw,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from src.layers.cpu.conv_path import KernelConvolutionPath
 from src.layers.cpu.kernels import conv_path_ops
 

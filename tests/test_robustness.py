@@ -19,8 +19,8 @@ from src.progress import Progress
 
 
 def test_grayscale_palette_rgba_and_cmyk_images_become_rgb(tmp_path):
-    from PIL import Image
     from mindspore.dataset import vision
+    from PIL import Image
     rng = np.random.default_rng(0)
     folder = tmp_path / 'data' / 'val' / 'a'
     folder.mkdir(parents=True)

@@ -86,6 +86,7 @@ def test_strict_loader_names_mismatched_keys(tmp_path):
     ms.save_checkpoint(small, ckpt)
     with pytest.raises(CheckpointMismatchError, match=r'fc.weight \(7, 512\) vs \(4, 512\)'):
         load_checkpoint_strict(create_model('resnet_mini', num_classes=4), ckpt)
-    with pytest.raises(CheckpointMismatchError, match=r'48 missing from the checkpoint: layer1.0.conv2.rate1, (.|\n)*4 unexpected in the checkpoint: layer1.0.conv2.weight'):
+    with pytest.raises(CheckpointMismatchError, match=r'48 missing from the checkpoint: layer1.0.conv2.rate1, '
+                                                      r'(.|\n)*4 unexpected in the checkpoint: layer1.0.conv2.weight'):
         load_checkpoint_strict(create_model('acmix_resnet_mini', num_classes=7), ckpt)
     load_checkpoint_strict(create_model('resnet_mini', num_classes=4), ckpt, skip_prefixes=('fc.',))

@@ -286,8 +286,8 @@ class SwinBlock(nn.Module):
 
     def forward(self, x):
         h, w = self.input_resolution
-        b, l, c = x.shape
-        assert l == h * w, 'input feature has wrong size'
+        b, n, c = x.shape
+        assert n == h * w, 'input feature has wrong size'
         s = self.shift_size
         y = self.norm1(x).view(b, h, w, c)
         if s > 0:
@@ -308,8 +308,8 @@ class PatchMerging(nn.Module):
 
     def forward(self, x):
         h, w = self.input_resolution
-        b, l, c = x.shape
-        assert l == h * w and h % 2 == 0 and w % 2 == 0
+        b, n, c = x.shape
+        assert n == h * w and h % 2 == 0 and w % 2 == 0
         x = x.view(b, h, w, c)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
@@ -401,14 +401,18 @@ def randomize_for_parity(model, seed=0):
 
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            uni(m.weight, 0.5, 1.5); nrm(m.bias, 0.1)
-            nrm(m.running_mean, 0.1); uni(m.running_var, 0.5, 1.5)
+            uni(m.weight, 0.5, 1.5)
+            nrm(m.bias, 0.1)
+            nrm(m.running_mean, 0.1)
+            uni(m.running_var, 0.5, 1.5)
         elif isinstance(m, nn.LayerNorm):
-            uni(m.weight, 0.5, 1.5); nrm(m.bias, 0.1)
+            uni(m.weight, 0.5, 1.5)
+            nrm(m.bias, 0.1)
         elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
             nrm(m.bias, 0.1)
         if isinstance(m, (ACmix, WindowAttentionACmix)):
-            uni(m.rate1, 0.2, 1.5); uni(m.rate2, 0.2, 1.5)
+            uni(m.rate1, 0.2, 1.5)
+            uni(m.rate2, 0.2, 1.5)
             m.dep_conv.weight.add_(torch.randn(m.dep_conv.weight.shape, generator=g) * 0.1)
         if isinstance(m, WindowAttention):
             nrm(m.relative_position_bias_table, 0.5)

@@ -1,6 +1,6 @@
 """Top-1, top-5 and loss over every sample of a dataset."""
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 from ..data.imagefolder import DataError

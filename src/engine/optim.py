@@ -2,7 +2,7 @@
 import math
 
 import numpy as np
-from mindspore import nn, Tensor
+from mindspore import Tensor, nn
 
 
 def scaled_lr(base_lr, global_batch, lr_base_batch):

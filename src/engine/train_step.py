@@ -3,7 +3,6 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.amp import all_finite
 
-
 _square_sum = ops.MultitypeFuncGraph('square_sum')
 _scale = ops.MultitypeFuncGraph('scale')
 _hyper_map = ops.HyperMap()

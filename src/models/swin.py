@@ -1,8 +1,8 @@
 """Swin Transformer with ACmix (the official SwinTransformer_acmix of LeapLabTHU/ACmix) or with
 plain window attention (Swin, Liu et al. 2021)."""
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+import numpy as np
+from mindspore import Tensor, nn, ops
 
 from ..layers import DropPath, WindowAttention, WindowAttentionACmix, roll_hw, shifted_window_mask
 from ..layers.window_acmix import dense
