@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
-from src.models import create_model, list_models
+from src.models import InputSizeError, UnknownModelError, create_model, list_models
 from src.models.swin import stage_resolutions
 
 OFFICIAL_COUNTS = {
@@ -40,7 +40,7 @@ def test_registry():
     for n in ('acmix_resnet26', 'acmix_resnet38', 'acmix_resnet50', 'acmix_swin_tiny', 'acmix_swin_small',
               'resnet26', 'resnet38', 'resnet50', 'swin_tiny', 'swin_small'):
         assert n in names
-    with pytest.raises(ValueError, match='acmix_resnet50'):
+    with pytest.raises(UnknownModelError, match='acmix_resnet50'):
         create_model('acmix_resnet5')
 
 
@@ -54,10 +54,10 @@ def test_fixed_shift_kernels_are_kept_and_frozen():
 def test_swin_sizes():
     assert stage_resolutions(224, 4, 7, 4) == [(56, 56), (28, 28), (14, 14), (7, 7)]
     assert stage_resolutions(448, 4, 7, 4)[-1] == (14, 14)
-    with pytest.raises(ValueError, match=r'Sizes that work .*224, 448'):
+    with pytest.raises(InputSizeError, match=r'Sizes that work .*224, 448'):
         stage_resolutions(256, 4, 7, 4)
     assert stage_resolutions(256, 4, 8, 4)[0] == (64, 64)
-    with pytest.raises(ValueError, match='224'):
+    with pytest.raises(InputSizeError, match='224'):
         create_model('swin_tiny', img_size=200)
 
 
