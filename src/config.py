@@ -276,8 +276,8 @@ def argument_parser(description):
     """`--config FILE` plus one `--key value` option per schema key. Declaring the keys lets
     argparse tell their values from positional arguments (predict's image paths)."""
     parser = ArgumentParser(description=description, allow_abbrev=False,
-                                     usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
-                                     epilog='Config keys can also be given as key=value.')
+                            usage='%(prog)s [--config FILE] [--KEY VALUE ...]',
+                            epilog='Config keys can also be given as key=value.')
     parser.add_argument('--config', default=None, help='yaml config file (see config/)')
     group = parser.add_argument_group('config keys (override the file)')
     for key, (_, help_text) in SCHEMA.items():

@@ -69,10 +69,14 @@ def tiny_config(data_dir, output_dir, **overrides):
     return load_config(None, values)
 
 
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
 def assert_bad_input(code, err, starts='error: '):
     """The entry points' rule for bad input: exit code 2 and one line `error: ...` (starting with
     `starts`), no traceback."""
     assert code == 2, (code, err)
-    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    lines = error_lines(err)
     assert len(lines) == 1, err
     assert lines[0].startswith(starts) and 'Traceback' not in err, err

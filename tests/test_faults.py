@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_config, train_command
+from conftest import ROOT, error_lines, tiny_config, train_command
 from src.engine.checkpoint import (
     CheckpointReadError,
     load_training_checkpoint,
@@ -56,10 +56,6 @@ def _shell(command):
     return ' '.join(shlex.quote(a) for a in command)
 
 
-def _error_lines(stderr):
-    return [line for line in stderr.splitlines() if line.startswith('error:')]
-
-
 def _temporaries(folder):
     return [name for root, _, names in os.walk(folder) for name in names if '.partial' in name]
 
@@ -90,7 +86,7 @@ def test_disk_full_during_a_checkpoint_save(tiny_imagefolder, tmp_path):
     assert (tmp_path / 'rc').read_text().strip() == '1', stderr[-3000:]
     assert 'Traceback' not in stderr
     first = kept / 'checkpoints' / 'epoch_001.ckpt'
-    assert _error_lines(stderr) == [f'error: cannot write {out / "checkpoints" / "epoch_002.ckpt"}: No space left on '
+    assert error_lines(stderr) == [f'error: cannot write {out / "checkpoints" / "epoch_002.ckpt"}: No space left on '
                                     f'device; last complete checkpoint: {out / "checkpoints" / "epoch_001.ckpt"}']
     assert sorted(os.listdir(kept / 'checkpoints')) == ['epoch_001.ckpt']
     assert _temporaries(kept) == []
@@ -107,7 +103,7 @@ def test_read_only_output_folder_fails_before_the_first_step(tiny_imagefolder, t
         mount --bind {out} {out} && mount -o remount,ro,bind {out}
         {command}''')
     assert run.returncode == 1, run.stderr[-3000:]
-    assert _error_lines(run.stderr) == [f'error: cannot write in the folder {out}: Read-only file system']
+    assert error_lines(run.stderr) == [f'error: cannot write in the folder {out}: Read-only file system']
     assert 'epoch 1/' not in run.stdout and 'Traceback' not in run.stderr
     assert _temporaries(out) == []
     assert _loads(tiny_imagefolder, tmp_path, out / 'checkpoints' / 'epoch_001.ckpt')['epoch'] == 1
@@ -119,7 +115,7 @@ def test_output_folder_below_a_file_fails_before_the_first_step(tiny_imagefolder
     run = subprocess.run(_train_command(tiny_imagefolder, out, '--epochs', '1'), cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
-    assert _error_lines(run.stderr) == [f'error: cannot create the folder {out}: {out.parent} is a file']
+    assert error_lines(run.stderr) == [f'error: cannot create the folder {out}: {out.parent} is a file']
     assert 'Traceback' not in run.stderr and 'epoch 1/' not in run.stdout
 
 
@@ -173,7 +169,7 @@ def test_export_to_a_full_disk(tmp_path):
         mount -t tmpfs -o size=64k tmpfs {out}
         set +e; {shlex.quote(sys.executable)} export.py --arch resnet_mini --num_classes 3 --image_size 32 \
             --file_name {out}/resnet_mini; echo "exit code $?, files: [$(ls -A {out})]" """)
-    assert _error_lines(run.stderr) == [f'error: cannot write {out}/resnet_mini.mindir: No space left on device']
+    assert error_lines(run.stderr) == [f'error: cannot write {out}/resnet_mini.mindir: No space left on device']
     assert 'exit code 1, files: []' in run.stdout and 'Traceback' not in run.stderr
 
 
@@ -209,7 +205,7 @@ def test_truncated_newest_checkpoint_resume_auto_takes_the_one_before(tiny_image
                           '32', '--data_dir', tiny_imagefolder, '--checkpoint', str(damaged)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
-    assert _error_lines(run.stderr) == [f'error: cannot read the checkpoint {damaged} (0 bytes): it is truncated, '
+    assert error_lines(run.stderr) == [f'error: cannot read the checkpoint {damaged} (0 bytes): it is truncated, '
                                         'damaged or not a MindSpore checkpoint']
 
 

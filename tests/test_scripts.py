@@ -10,13 +10,12 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, assert_bad_input
 
 
 def _assert_bad_input(proc):
-    """The rule for bad input: exit code 2 and exactly one `error: ` line on stderr."""
-    assert proc.returncode == 2, proc.stderr
-    assert len([line for line in proc.stderr.splitlines() if line.startswith('error:')]) == 1, proc.stderr
+    """The rule for bad input: exit code 2 and exactly one `error: ` line on stderr, its first line."""
+    assert_bad_input(proc.returncode, proc.stderr)
     assert proc.stderr.startswith('error: ')
 
 

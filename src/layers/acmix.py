@@ -72,7 +72,7 @@ class LocalAttentionACmix(nn.Cell):
             raise ValueError(f'out_planes ({out_planes}) must be divisible by head ({head})')
         if stride < 1 or dilation < 1:
             raise ValueError(f'stride and dilation must be >= 1, got {stride} and {dilation}')
-        use_att, use_conv = acmix_paths(paths)
+        self.use_att, self.use_conv = acmix_paths(paths)
         self.formulation = resolve_formulation(formulation)
         self.out_planes = out_planes
         self.head = head
@@ -81,7 +81,6 @@ class LocalAttentionACmix(nn.Cell):
         self.kernel_conv = kernel_conv
         self.stride = stride
         self.dilation = dilation
-        self.use_att, self.use_conv = use_att, use_conv
 
         self.conv1 = nn.Conv2d(in_planes, out_planes, 1, pad_mode='valid', has_bias=True)
         self.conv2 = nn.Conv2d(in_planes, out_planes, 1, pad_mode='valid', has_bias=True)
