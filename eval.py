@@ -16,9 +16,9 @@ from src.data.imagefolder import build_dataset, count_images, readable_images, s
 from src.engine.context import setup_context
 from src.engine.evaluate import evaluate
 from src.models import build_model
+from src.models.weights import load_weights
 from src.progress import Progress
 from src.tools.cli import run_main
-from src.tools.weights import load_weights
 
 
 def main(argv=None):

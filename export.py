@@ -27,8 +27,8 @@ from src.engine.context import available_devices, setup_context
 from src.errors import UserError
 from src.fileio import atomic_write
 from src.models import build_model
+from src.models.weights import load_weights
 from src.tools.cli import run_main
-from src.tools.weights import load_weights
 
 SUFFIX = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 

@@ -15,13 +15,11 @@ import src  # noqa: F401  (environment defaults before MindSpore loads)
 
 # isort: split
 from src.config import config_from_args, save_config
-from src.engine.checkpoint import CheckpointMismatchError
 from src.engine.context import setup_context
 from src.engine.preemption import TrainingStopped
 from src.engine.trainer import train
+from src.models.weights import CheckpointMismatchError, ConversionError, load_weights
 from src.tools.cli import run_main
-from src.tools.pth2ckpt import ConversionError
-from src.tools.weights import load_weights
 
 
 def pretrained_loader(cfg):

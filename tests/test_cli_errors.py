@@ -74,8 +74,6 @@ def test_input_size_too_small(tiny_imagefolder, tmp_path, capsys):
     common = ['--num_classes', '3', '--batch_size', '8', '--data_dir', tiny_imagefolder, '--output_dir', str(out)]
     code, err = _run(train_script.main, ['--arch', 'acmix_resnet_mini', '--image_size', '8'] + common, capsys)
     assert code == 2 and err.startswith('error: image size 8 is too small') and 'Sizes from 13 up work' in err
-    code, err = _run(train_script.main, ['--arch', 'swin_mini', '--image_size', '36'] + common, capsys)
-    assert code == 2 and 'image size 36x36 does not fit' in err and 'Sizes that work up to 512: 16, 32, 64,' in err
     assert not out.exists()
 
 

@@ -1,11 +1,11 @@
 """Registry, exact parameter counts, input-size rules, and a forward plus one training step of
-every registered model on small inputs."""
+every registered model on small inputs, as a classifier and as a features_only backbone."""
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
-from src.models import InputSizeError, UnknownModelError, create_model, list_models
+from src.models import InputSizeError, UnknownModelError, create_model, list_models, size_overrides
 from src.models.swin import stage_resolutions
 
 OFFICIAL_COUNTS = {
@@ -52,13 +52,15 @@ def test_fixed_shift_kernels_are_kept_and_frozen():
 
 
 def test_swin_sizes():
-    assert stage_resolutions(224, 4, 7, 4) == [(56, 56), (28, 28), (14, 14), (7, 7)]
-    assert stage_resolutions(448, 4, 7, 4)[-1] == (14, 14)
-    with pytest.raises(InputSizeError, match=r'Sizes that work .*224, 448'):
-        stage_resolutions(256, 4, 7, 4)
-    assert stage_resolutions(256, 4, 8, 4)[0] == (64, 64)
-    with pytest.raises(InputSizeError, match='224'):
-        create_model('swin_tiny', img_size=200)
+    assert stage_resolutions(224, 4, 4) == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert stage_resolutions(448, 4, 4)[-1] == (14, 14)
+    # the patch embedding pads 250 x 330 to 252 x 332; each merging rounds an odd side up
+    assert stage_resolutions((250, 330), 4, 4) == [(63, 83), (32, 42), (16, 21), (8, 11)]
+    for bad in (0, -8, (224,), (224, 0), 22.5, (True, 224)):
+        with pytest.raises(InputSizeError, match='positive int or'):
+            stage_resolutions(bad, 4, 4)
+    assert not create_model('swin_tiny', img_size=224).padded
+    assert create_model('swin_tiny', img_size=200).padded  # 50: windows of 7 need padding
 
 
 def test_drop_path():
@@ -98,6 +100,24 @@ def test_every_registered_model_has_a_small_setting():
     assert sorted(SMALL) == list_models()
 
 
+def _train_step(params, loss_fn, has_aux=False):
+    """A graph-mode SGD step of `params` under loss_fn(*inputs): step(*inputs) -> (loss, {name: gradient});
+    with has_aux, loss_fn returns (loss, aux) and step returns ((loss, aux), gradients)."""
+    opt = nn.SGD(params, learning_rate=0.01)
+    grad_fn = ms.value_and_grad(loss_fn, None, opt.parameters, has_aux=has_aux)
+
+    @ms.jit
+    def step(*inputs):
+        loss, grads = grad_fn(*inputs)
+        opt(grads)
+        return loss, grads
+
+    def run(*inputs):
+        loss, grads = step(*inputs)
+        return loss, {p.name: g.asnumpy() for p, g in zip(opt.parameters, grads)}
+    return run
+
+
 @pytest.mark.parametrize('arch', sorted(SMALL))
 def test_forward_and_training_step(arch):
     overrides, size = SMALL[arch]
@@ -110,29 +130,57 @@ def test_forward_and_training_step(arch):
 
     net.set_train(True)
     loss_fn = nn.CrossEntropyLoss()
-    opt = nn.SGD(net.trainable_params(), learning_rate=0.01)
 
     def forward(x, y):
         return loss_fn(net(x), y)
 
-    grad_fn = ms.value_and_grad(forward, None, opt.parameters)
-
-    @ms.jit
-    def step(x, y):
-        loss, grads = grad_fn(x, y)
-        opt(grads)
-        return loss, grads
-
+    step = _train_step(net.trainable_params(), forward)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     loss, grads = step(x, y)
     assert np.isfinite(loss.asnumpy())
-    grads = {p.name: g.asnumpy() for p, g in zip(opt.parameters, grads)}
     assert all(np.isfinite(g).all() for g in grads.values())
     for name in grads:
         if name.endswith(('rate1', 'rate2', 'dep_conv.weight', 'relative_position_bias_table')):
             assert np.abs(grads[name]).sum() > 0, f'no gradient reaches {name}'
     changed = [p.name for p in net.trainable_params() if not np.array_equal(before[p.name], p.asnumpy())]
     assert len(changed) > 0.9 * len(before)
+
+
+@pytest.mark.parametrize('arch', sorted(SMALL))
+def test_features_only_backbone(arch):
+    """NCHW maps of the channels and strides feature_info states, at the small size (through a
+    training step of a small head on all four maps) and at a size nothing divides evenly (Swin pads
+    its patches, windows and merges; ResNet strides round up)."""
+    overrides, size = SMALL[arch]
+    for s in (size, size + size // 4 + 1):
+        net = create_model(arch, features_only=True, **{**overrides, **size_overrides(arch, s)})
+        assert not hasattr(net, 'fc') and not hasattr(net, 'head')
+        assert [info['module'] for info in net.feature_info] == (
+            [f'layers.{i}' for i in range(4)] if 'swin' in arch else ['layer1', 'layer2', 'layer3', 'layer4'])
+        x = Tensor(np.random.randn(2, 3, s, s).astype(np.float32))
+        if s == size:  # the maps come out of the training step's graph
+            head = nn.Dense(sum(info['num_chs'] for info in net.feature_info), 5)
+            net.set_train(True)
+            loss_fn = nn.CrossEntropyLoss()
+
+            def loss(x, y):
+                maps = net(x)
+                pooled = ops.cat([m.mean((2, 3)) for m in maps], 1)
+                return loss_fn(head(pooled), y), maps
+
+            step = _train_step(net.trainable_params() + head.trainable_params(), loss, has_aux=True)
+            (value, maps), grads = step(x, Tensor(np.array([1, 3], np.int32)))
+            assert np.isfinite(value.asnumpy()) and all(np.isfinite(g).all() for g in grads.values())
+            first = 'patch_embed.proj.weight' if 'swin' in arch else 'conv1.weight'
+            assert np.abs(grads[first]).sum() > 0
+        else:
+            net.set_train(False)
+            maps = net(x)
+        assert len(maps) == 4
+        for m, info in zip(maps, net.feature_info):
+            side = -(-s // info['reduction'])
+            assert m.shape == (2, info['num_chs'], side, side), (s, info)
+            assert np.isfinite(m.asnumpy()).all()
 
 
 @pytest.mark.parametrize('arch,formulation', [('swin_mini', None), ('acmix_swin_mini', 'cpu'),

@@ -16,9 +16,9 @@ import mindspore as ms  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
 import torch_reference as tref  # noqa: E402
-from src.engine.checkpoint import load_checkpoint_strict  # noqa: E402
 from src.layers import LocalAttentionACmix  # noqa: E402
-from src.models import create_model  # noqa: E402
+from src.models import create_model, weights  # noqa: E402
+from src.models.weights import load_checkpoint_strict  # noqa: E402
 from src.tools import pth2ckpt  # noqa: E402
 
 # "Up to fp32 rounding", made precise: the official model run in float64 is the ground truth;
@@ -49,10 +49,10 @@ def _convert_and_load(tmodel, arch, tmp_path, wrap=None, formulation=None, **ove
     pth, ckpt = str(tmp_path / 'official.pth'), str(tmp_path / 'converted.ckpt')
     torch.save(obj, pth)
     if overrides:  # the command line builds registered models as they are
-        pth2ckpt.convert(arch, pth2ckpt.load_pth(pth), ckpt, **overrides)
+        pth2ckpt.convert(arch, weights.load_pth(pth), ckpt, **overrides)
     else:
         assert pth2ckpt.main(['--arch', arch, '--pth', pth, '--ckpt', ckpt]) == 0
-    net = create_model(arch, num_classes=pth2ckpt.infer_num_classes(pth2ckpt.extract_state_dict(obj)),
+    net = create_model(arch, num_classes=pth2ckpt.infer_num_classes(weights.extract_state_dict(obj)),
                        formulation=formulation, **overrides)
     load_checkpoint_strict(net, ckpt)
     net.set_train(False)
@@ -104,7 +104,7 @@ def _ms_swin_stages(net, x):
     x = net.patch_embed(Tensor(x))
     outs = [x.asnumpy()]
     for layer in net.layers:
-        x = layer(x)
+        _, x = layer(x)  # the official BasicLayer returns the merged map
         outs.append(x.asnumpy())
     return outs
 
@@ -138,7 +138,8 @@ def check_resnet(tmodel, arch, tmp_path, size, wrap=None, formulation=None, **ov
 def check_swin(tmodel, arch, tmp_path, size, wrap=None, formulation=None, **overrides):
     _sharpen_swin_attention(tref.randomize_for_parity(tmodel.eval()))
     net = _convert_and_load(tmodel, arch, tmp_path, wrap, formulation, **overrides)
-    x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = np.random.default_rng(0).normal(size=(2, 3, h, w)).astype(np.float32)
     names = ['patch_embed'] + [f'layers.{i}' for i in range(len(net.layers))]
     return _check(tmodel, net, names, _ms_swin_stages, x)
 
@@ -147,7 +148,7 @@ def check_swin(tmodel, arch, tmp_path, size, wrap=None, formulation=None, **over
 def test_acmix_layer_matches_official(stride, h, w, formulation):
     tlayer = tref.randomize_for_parity(tref.ACmix(16, 32, stride=stride).eval())
     layer = LocalAttentionACmix(16, 32, stride=stride, formulation=formulation)
-    sd = pth2ckpt.convert_state_dict({k: v.numpy() for k, v in tlayer.state_dict().items()}, layer)
+    sd = weights.convert_state_dict({k: v.numpy() for k, v in tlayer.state_dict().items()}, layer)
     ms.load_param_into_net(layer, {k: ms.Parameter(Tensor(v), name=k) for k, v in sd.items()}, strict_load=True)
     x = np.random.default_rng(0).normal(size=(2, 16, h, w)).astype(np.float32)
     with torch.no_grad():
@@ -186,6 +187,23 @@ def test_tiny_plain_swin_matches_official(tmp_path):
     check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model')
 
 
+PADDED_MINI_SWIN = dict(MINI_SWIN, img_size=(37, 45))
+
+
+def test_tiny_acmix_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path, formulation):
+    """37 x 45 pads at every level (patch embedding, the windows of stages 0-2, the patch merging of
+    odd sides), as the official Swin detection backbone, which the torch reference follows."""
+    torch.manual_seed(0)
+    check_swin(tref.swin(True, num_classes=10, **PADDED_MINI_SWIN), 'acmix_swin_mini', tmp_path, (37, 45),
+               wrap='model', formulation=formulation, img_size=(37, 45))
+
+
+def test_tiny_plain_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path):
+    torch.manual_seed(0)
+    check_swin(tref.swin(False, num_classes=10, **PADDED_MINI_SWIN), 'swin_mini', tmp_path, (37, 45),
+               wrap='model', img_size=(37, 45))
+
+
 FULL = [
     ('acmix_resnet26', lambda: tref.acmix_resnet([1, 2, 4, 1])),
     ('acmix_resnet38', lambda: tref.acmix_resnet([2, 3, 5, 2])),
@@ -205,3 +223,16 @@ def test_full_size_matches_official(tmp_path, arch, build, formulation):
                   formulation=formulation)
     print(f'\n{arch} ({formulation}): max abs diff to official fp32 (official fp32 vs fp64) per stage, logits last: '
           + ', '.join(f'{d:.2e} ({o:.2e})' for d, o in diffs))
+
+
+@pytest.mark.skipif(os.environ.get('ACMIX_FULL_PARITY') != '1', reason='full-size parity: set ACMIX_FULL_PARITY=1')
+@pytest.mark.parametrize('acmix', [True, False], ids=['acmix_swin_tiny', 'swin_tiny'])
+def test_full_size_swin_at_250x330_matches_official_detection_formulation(tmp_path, acmix, formulation):
+    if not acmix and formulation == 'portable':
+        pytest.skip('the plain Swin has one formulation')
+    torch.manual_seed(0)
+    arch = 'acmix_swin_tiny' if acmix else 'swin_tiny'
+    diffs = check_swin(tref.swin(acmix, img_size=(250, 330)), arch, tmp_path, (250, 330), wrap='model',
+                       formulation=formulation, img_size=(250, 330))
+    print(f'\n{arch} 250x330 ({formulation}): max abs diff to official fp32 (official fp32 vs fp64) per stage, '
+          'logits last: ' + ', '.join(f'{d:.2e} ({o:.2e})' for d, o in diffs))

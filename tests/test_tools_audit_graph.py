@@ -92,3 +92,14 @@ def test_every_registered_model_passes_the_audit():
     results = [line for line in proc.stdout.splitlines() if line and not line.startswith(' ')]
     assert len(results) == len(list_models()) * len(audit_graph.GRAPHS) * len(audit_graph.TARGETS), proc.stdout
     assert all(line.endswith(', ok') for line in results), proc.stdout
+
+
+def test_swin_padded_to_any_size_passes_the_audit():
+    """At 37 px every level of acmix_swin_mini pads (patch embedding, windows, patch merging): the
+    zero padding and the crop back, and their gradients, are in the allowlist for both targets."""
+    proc = subprocess.run([sys.executable, '-m', 'src.tools.audit_graph', '--arch', 'acmix_swin_mini',
+                           '--image_size', '37', '--graphs', 'infer', 'train_O0', '--jobs', '2'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    results = [line for line in proc.stdout.splitlines() if line and not line.startswith(' ')]
+    assert len(results) == 2 * len(audit_graph.TARGETS) and all(line.endswith(', ok') for line in results), proc.stdout

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from src.engine.checkpoint import CheckpointMismatchError, load_checkpoint_strict
-from src.models import create_model
+from src.models import create_model, weights
+from src.models.weights import CheckpointMismatchError, load_checkpoint_strict
 from src.tools import pth2ckpt
 
 TORCH_LEAF = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean', 'moving_variance': 'running_var'}
@@ -41,7 +41,7 @@ def test_converts_official_layout(tmp_path, arch, official_keys):
     assert not any(k.endswith('dep_conv.bias') for k in sd)  # the official dep_conv has no bias
     wrapped = {'state_dict': {'module.' + k: v for k, v in sd.items()}}
     ckpt = str(tmp_path / 'out.ckpt')
-    pth2ckpt.convert(arch, pth2ckpt.extract_state_dict(wrapped), ckpt)
+    pth2ckpt.convert(arch, weights.extract_state_dict(wrapped), ckpt)
     fresh = load_checkpoint_strict(create_model(arch, num_classes=7), ckpt)
     params = {p.name: p.asnumpy() for p in fresh.get_parameters()}
     bn = 'layer2.0.downsample.1' if 'resnet' in arch else 'layers.0.downsample.norm'
@@ -53,9 +53,9 @@ def test_converts_official_layout(tmp_path, arch, official_keys):
 
 def test_model_wrapper_and_num_classes():
     sd = {'model': {'head.weight': np.zeros((3, 8)), 'head.bias': np.zeros(3)}}
-    assert pth2ckpt.infer_num_classes(pth2ckpt.extract_state_dict(sd)) == 3
-    with pytest.raises(pth2ckpt.ConversionError, match='no state_dict'):
-        pth2ckpt.extract_state_dict({})
+    assert pth2ckpt.infer_num_classes(weights.extract_state_dict(sd)) == 3
+    with pytest.raises(weights.ConversionError, match='no state_dict'):
+        weights.extract_state_dict({})
 
 
 @pytest.mark.parametrize('damage,expected', [
@@ -73,7 +73,7 @@ def test_bad_state_dict_stops_and_writes_nothing(tmp_path, damage, expected):
     else:
         sd['layer1.0.conv2.fc.weight'] = np.zeros((9, 12, 1, 3), np.float32)
     ckpt = tmp_path / 'out.ckpt'
-    with pytest.raises(pth2ckpt.ConversionError) as err:
+    with pytest.raises(weights.ConversionError) as err:
         pth2ckpt.convert('acmix_resnet_mini', sd, str(ckpt))
     assert expected in str(err.value)
     assert os.listdir(tmp_path) == []

@@ -2,13 +2,17 @@
 
 A compact re-implementation of the forward passes of the official LeapLabTHU/ACmix models
 (ResNet/test_bottleneck.py, ResNet/ResNet_ImageNet.py, Swin-Transformer/models/
-swin_transformer_acmix.py) and of the plain microsoft/Swin-Transformer model. Module names,
+swin_transformer_acmix.py) and of the plain microsoft/Swin-Transformer model. The Swin models take
+any input size by zero-padding as the official Swin detection backbone (SwinTransformer/
+Swin-Transformer-Object-Detection, mmdet/models/backbones/swin_transformer.py) does; without
+padding (e.g. 224 with patch 4, window 7) they compute exactly the classification code. Module names,
 state_dict keys, shapes, buffers and initialisation follow the official code, so a state_dict
 of these models can be converted and loaded into the MindSpore port for parity tests.
 Nothing here is used outside the tests.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------- ResNet ACmix
@@ -152,6 +156,14 @@ def resnet_plain(layers, num_classes=1000, base_channels=64):
 
 
 # ----------------------------------------------------------------------------- Swin
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
 def window_partition(x, ws):
     b, h, w, c = x.shape
     x = x.view(b, h // ws, ws, w // ws, ws, c)
@@ -261,20 +273,24 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
+    """Swin block for a fixed (H, W); the map is zero-padded to whole windows as in the detection backbone."""
+
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, drop_path, acmix):
         super().__init__()
-        self.dim, self.input_resolution = dim, resolution
+        self.dim, self.input_resolution = dim, tuple(resolution)
         if min(resolution) <= window_size:  # no partitioning when the map fits in one window
             shift_size, window_size = 0, min(resolution)
         self.window_size, self.shift_size = window_size, shift_size
+        # padded size: bottom/right zeros up to whole windows (equal to resolution when it divides)
+        self.padded_resolution = tuple(_ceil_div(r, window_size) * window_size for r in resolution)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = (WindowAttentionACmix if acmix else WindowAttention)(dim, window_size, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * 4.0))
         attn_mask = None
-        if shift_size > 0:
-            h, w = resolution
+        if shift_size > 0:  # built for the padded map, as the detection backbone's BasicLayer does
+            h, w = self.padded_resolution
             img = torch.zeros((1, h, w, 1))
             cuts = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
             for i, (hs, wsl) in enumerate((a, b) for a in cuts for b in cuts):
@@ -289,28 +305,38 @@ class SwinBlock(nn.Module):
         b, n, c = x.shape
         assert n == h * w, 'input feature has wrong size'
         s = self.shift_size
+        hp, wp = self.padded_resolution
         y = self.norm1(x).view(b, h, w, c)
+        if hp != h or wp != w:  # skipped when not needed, so unpadded sizes stay bit-identical
+            y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h))
         if s > 0:
             y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-        y = self.attn(y, self.attn_mask)
+        y = self.attn(y, self.attn_mask)  # ACmix: qkv and the conv path also run on the padded map
         if s > 0:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        if hp != h or wp != w:
+            y = y[:, :h, :w, :].contiguous()
         x = x + self.drop_path(y.view(b, h * w, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):
+    """2x2 merge; odd sides are zero-padded at the bottom/right first (detection backbone), output ceil(H/2, W/2)."""
+
     def __init__(self, resolution, dim):
         super().__init__()
-        self.input_resolution, self.dim = resolution, dim
+        self.input_resolution, self.dim = tuple(resolution), dim
+        self.output_resolution = tuple(_ceil_div(r, 2) for r in resolution)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x):
         h, w = self.input_resolution
         b, n, c = x.shape
-        assert n == h * w and h % 2 == 0 and w % 2 == 0
+        assert n == h * w, 'input feature has wrong size'
         x = x.view(b, h, w, c)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
 
@@ -318,6 +344,7 @@ class PatchMerging(nn.Module):
 class BasicLayer(nn.Module):
     def __init__(self, dim, resolution, depth, num_heads, window_size, drop_path, downsample, acmix):
         super().__init__()
+        self.input_resolution = tuple(resolution)
         self.blocks = nn.ModuleList([
             SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
                       drop_path[i], acmix) for i in range(depth)])
@@ -330,15 +357,23 @@ class BasicLayer(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """Patch projection; an (h, w) input is zero-padded at the bottom/right to whole patches (detection backbone)."""
+
     def __init__(self, img_size, patch_size, embed_dim):
         super().__init__()
-        self.img_size = img_size
-        self.patches_resolution = (img_size // patch_size, img_size // patch_size)
+        self.img_size, self.patch_size = _pair(img_size), patch_size
+        self.patches_resolution = tuple(_ceil_div(r, patch_size) for r in self.img_size)
         self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x):
-        assert x.shape[-2:] == (self.img_size, self.img_size), 'input size does not match the model'
+        assert tuple(x.shape[-2:]) == self.img_size, 'input size does not match the model'
+        h, w = self.img_size
+        p = self.patch_size
+        if w % p:
+            x = F.pad(x, (0, p - w % p))
+        if h % p:
+            x = F.pad(x, (0, 0, 0, p - h % p))
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
@@ -351,10 +386,13 @@ class SwinTransformer(nn.Module):
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
         self.pos_drop = nn.Dropout(0.0)
-        res = self.patch_embed.patches_resolution
+        res = [self.patch_embed.patches_resolution]
+        for _ in depths[1:]:  # PatchMerging pads odd sides: stage i+1 = ceil(stage i / 2)
+            res.append(tuple(_ceil_div(r, 2) for r in res[-1]))
+        self.stage_resolutions = res
         dpr = [v.item() for v in torch.linspace(0, drop_path_rate, sum(depths))]
         self.layers = nn.ModuleList([
-            BasicLayer(embed_dim * 2 ** i, (res[0] // 2 ** i, res[1] // 2 ** i), d, num_heads[i], window_size,
+            BasicLayer(embed_dim * 2 ** i, res[i], d, num_heads[i], window_size,
                        dpr[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1, acmix)
             for i, d in enumerate(depths)])
         self.norm = nn.LayerNorm(self.num_features)
@@ -382,7 +420,10 @@ class SwinTransformer(nn.Module):
 
 def swin(acmix: bool, img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
          window_size=7, num_classes=1000, drop_path_rate=0.0):
-    """Official SwinTransformer_acmix (acmix=True) or the plain microsoft SwinTransformer (acmix=False)."""
+    """Official SwinTransformer_acmix (acmix=True) or the plain microsoft SwinTransformer (acmix=False).
+
+    img_size is an int or an (h, w) pair; any size works (padded as the Swin detection backbone).
+    """
     return SwinTransformer(acmix, img_size, patch_size, embed_dim, list(depths), list(num_heads), window_size,
                            num_classes, drop_path_rate)
 

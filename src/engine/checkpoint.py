@@ -1,23 +1,16 @@
-"""Checkpoint I/O that never leaves a half-written file and never loads silently-wrong weights."""
-import os
-
+"""Training checkpoints (weights, optimizer state, metadata), written so that a crash never leaves a
+half-written file. Reading and strictly loading weights is src/models/weights.py's."""
 import mindspore as ms
 
-from ..errors import UserError
 from ..fileio import atomic_write
-
-# Training checkpoints keep the optimizer state and scalar metadata beside the weights, under these
-# prefixes, so that the same file loads into a bare network for evaluation and export.
-OPTIMIZER_PREFIX = 'optimizer.'
-META_PREFIX = 'meta.'
-
-
-class CheckpointMismatchError(UserError):
-    """A checkpoint does not fit the network it is loaded into."""
-
-
-class CheckpointReadError(UserError):
-    """A checkpoint file cannot be read at all."""
+from ..models.weights import (
+    META_PREFIX,
+    OPTIMIZER_PREFIX,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    load_checkpoint_strict,
+    read_checkpoint,
+)
 
 
 def save_checkpoint_atomic(save_obj, path, append_dict=None):
@@ -29,61 +22,6 @@ def save_checkpoint_atomic(save_obj, path, append_dict=None):
     """
     return atomic_write(path, lambda tmp: ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, crc_check=True),
                         suffix='.ckpt')
-
-
-def read_checkpoint(path):
-    """{name: Parameter} of a checkpoint file; CheckpointReadError if it cannot be read
-    (truncated, damaged, empty or not a MindSpore checkpoint). Files saved without a CRC load too."""
-    if not os.path.isfile(path):
-        raise CheckpointReadError(f'checkpoint not found: {path}')
-    try:
-        return ms.load_checkpoint(path, crc_check=True)
-    except (ValueError, RuntimeError, OSError, TypeError):
-        # MindSpore's own message guesses at permissions; the size tells truncated from empty.
-        raise CheckpointReadError(f'cannot read the checkpoint {path} ({os.path.getsize(path)} bytes): it is '
-                                  'truncated, damaged or not a MindSpore checkpoint') from None
-
-
-def describe_mismatch(missing, unexpected, mismatched=(), limit=20):
-    """A readable list of mismatched checkpoint keys."""
-    lines = []
-    for title, keys in (('missing from the checkpoint', missing), ('unexpected in the checkpoint', unexpected),
-                        ('with the wrong shape', mismatched)):
-        if keys:
-            shown = ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-            lines.append(f'  {len(keys)} {title}: {shown}')
-    return '\n'.join(lines)
-
-
-def load_checkpoint_strict(net, path_or_dict, skip_prefixes=()):
-    """Load a checkpoint into `net`, raising CheckpointMismatchError if any parameter is missing,
-    unexpected or of the wrong shape (ms.load_param_into_net itself only returns the lists).
-
-    skip_prefixes: parameter-name prefixes that are neither loaded nor required, e.g. ('fc.',)
-    to fine-tune with a new classifier head.
-    """
-    if isinstance(path_or_dict, str):
-        params = read_checkpoint(path_or_dict)
-    else:
-        params = dict(path_or_dict)
-    # Optimizer state and metadata of training checkpoints are not the network's.
-    params = {k: v for k, v in params.items() if not k.startswith((OPTIMIZER_PREFIX, META_PREFIX))}
-    skip = tuple(skip_prefixes)
-    params = {k: v for k, v in params.items() if not (skip and k.startswith(skip))}
-    own = {p.name: p for p in net.get_parameters() if not (skip and p.name.startswith(skip))}
-    mismatched = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in params.items()
-                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing = [k for k in own if k not in params]
-    unexpected = [k for k in params if k not in own]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError('checkpoint does not match the network:\n'
-                                      + describe_mismatch(missing, unexpected, mismatched))
-    weights = {k: v for k, v in params.items() if k in own}
-    not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
-    not_loaded = [k for k in not_loaded if k in own]
-    if not_loaded:
-        raise CheckpointMismatchError('parameters not loaded: ' + ', '.join(not_loaded))
-    return net
 
 
 def optimizer_state(net, optimizer):

@@ -1,4 +1,5 @@
-"""Model zoo: `create_model(name, num_classes=1000, **overrides)`, `list_models()`, `build_model(cfg)`."""
+"""Model zoo: `create_model(name, num_classes=1000, features_only=False, checkpoint_path=None, **overrides)`,
+`list_models()`, `build_model(cfg)`; weight loading in `weights.py`."""
 from . import resnet, swin  # noqa: F401  (registers the models)
 from .registry import (
                        InputSizeError,

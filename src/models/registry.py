@@ -1,8 +1,9 @@
-"""Model registry: `create_model(name, num_classes=1000, **overrides)`, `list_models()`, and
-`build_model(cfg)`, the model a run's configuration describes."""
+"""Model registry: `create_model(name, num_classes=1000, features_only=False, checkpoint_path=None,
+**overrides)`, `list_models()`, and `build_model(cfg)`, the model a run's configuration describes."""
 import difflib
 
 from ..errors import UserError
+from .weights import load_weights
 
 _MODEL_FNS = {}
 
@@ -41,14 +42,28 @@ def list_models():
     return sorted(_MODEL_FNS)
 
 
-def create_model(name, num_classes=1000, **overrides):
-    """Build a registered model. `overrides` are passed to the model's constructor
-    (e.g. img_size=448 for Swin, drop_path_rate=0.3, paths='attention')."""
+def create_model(name, num_classes=1000, features_only=False, out_indices=(0, 1, 2, 3), checkpoint_path=None,
+                 **overrides):
+    """Build a registered model.
+
+    features_only: a backbone whose construct returns a tuple of NCHW feature maps, one per stage
+        in `out_indices` (0 is the first stage), described by its `feature_info`; no classifier.
+    checkpoint_path: a MindSpore .ckpt or an official .pth (needs torch) loaded strictly, without
+        the classifier in features_only mode; Swin bias tables of another window size are resized
+        (see src/models/weights.py).
+    overrides: passed to the model's constructor (e.g. img_size=(480, 640) for Swin,
+        drop_path_rate=0.3, paths='attention').
+    """
     if name not in _MODEL_FNS:
         close = difflib.get_close_matches(name, list(_MODEL_FNS), n=3)
         hint = f' Did you mean {", ".join(close)}?' if close else ''
         raise UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
-    return _MODEL_FNS[name](num_classes=num_classes, **overrides)
+    if features_only:
+        overrides.update(features_only=True, out_indices=out_indices)
+    net = _MODEL_FNS[name](num_classes=num_classes, **overrides)
+    if checkpoint_path is not None:
+        load_weights(net, checkpoint_path)
+    return net
 
 
 def build_model(cfg):

@@ -6,6 +6,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
 from ..layers import LocalAttentionACmix
+from .interface import check_out_indices, feature_info, forget_compiled_graphs
 from .registry import InputSizeError, register_model
 
 
@@ -76,12 +77,17 @@ class ResNet(nn.Cell):
         stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool) or 'small' (3x3/1 conv, no pool) for
             32-64 px inputs.
         replace_stride_with_dilation: per stage 2-4, trade the stride for dilation.
+        features_only: instead of logits, construct returns a tuple of the NCHW outputs of the
+            stages in `out_indices` (layer1..layer4 are 0..3; strides 4, 8, 16, 32 with the
+            imagenet stem), described by `feature_info`. The classifier is not built; stages after
+            the last output are built (checkpoints still load strictly) but not run.
     """
     classifier_name = 'fc'  # parameters left out when fine-tuning with a new head
 
     def __init__(self, layers, num_classes=1000, acmix=True, base_channels=64, stem='imagenet',
                  kernel_att=7, head=4, kernel_conv=3, paths='both', learnable_shift=True,
-                 replace_stride_with_dilation=(False, False, False), formulation=None):
+                 replace_stride_with_dilation=(False, False, False), formulation=None,
+                 features_only=False, out_indices=(0, 1, 2, 3)):
         super().__init__()
         if stem not in ('imagenet', 'small'):
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
@@ -105,12 +111,35 @@ class ResNet(nn.Cell):
         self.relu = nn.ReLU()
         strides = (1, 2, 2, 2)
         dilate = (False,) + tuple(replace_stride_with_dilation)
+        reduction = 4 if stem == 'imagenet' else 1
+        channels, reductions = [], []
         for i, (blocks, stride) in enumerate(zip(layers, strides)):
             stage = self._make_stage(mixer, base_channels * 2 ** i, blocks, stride, dilate[i])
             setattr(self, f'layer{i + 1}', stage)
-        self.num_features = base_channels * 8 * Bottleneck.expansion
-        self.fc = nn.Dense(self.num_features, num_classes)
+            reduction *= 1 if dilate[i] else stride
+            channels.append(base_channels * 2 ** i * Bottleneck.expansion)
+            reductions.append(reduction)
+        self.stage_names = tuple(f'layer{i + 1}' for i in range(len(layers)))
+        self.num_features = channels[-1]
+        self.features_only = features_only
+        self.checkpoint_skip_prefixes, self.optional_checkpoint_prefixes = (), ()
+        if features_only:
+            self.out_indices = check_out_indices(out_indices, len(layers))
+            self.feature_info = feature_info(channels, reductions, self.stage_names, self.out_indices)
+            self.checkpoint_skip_prefixes = ('fc.',)  # a classification checkpoint's classifier
+            self.num_classes = 0
+        else:
+            self.reset_classifier(num_classes)
         self._init_weights()
+
+    def reset_classifier(self, num_classes):
+        """A new, freshly initialised classifier for `num_classes` (0: none, forward_head returns
+        the pooled features)."""
+        if self.features_only:
+            raise ValueError('a features_only model has no classifier')
+        self.num_classes = num_classes
+        self.fc = nn.Dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        forget_compiled_graphs(self)
 
     def _make_stage(self, mixer, planes, blocks, stride, dilate):
         previous_dilation = self.dilation
@@ -154,10 +183,33 @@ class ResNet(nn.Cell):
                 f'image size {size} is too small for this network: the local attention of some ACmix '
                 f'layer would get a feature map no larger than its padding. Sizes from {smallest} up work.')
 
-    def construct(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def _stem(self, x):
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x):
+        """(B, 3, H, W) -> the last stage's output (B, C, h, w), before pooling."""
+        if self.features_only:
+            raise ValueError('forward_features: a features_only model returns its maps from construct')
+        return self.layer4(self.layer3(self.layer2(self.layer1(self._stem(x)))))
+
+    def forward_head(self, x):
+        """(B, C, h, w) of forward_features -> logits (B, num_classes)."""
         return self.fc(x.mean((2, 3)))
+
+    def _feature_maps(self, x):
+        x = self._stem(x)
+        maps = ()
+        for i, name in enumerate(self.stage_names):
+            if i <= self.out_indices[-1]:
+                x = getattr(self, name)(x)
+                if i in self.out_indices:
+                    maps = maps + (x,)
+        return maps
+
+    def construct(self, x):
+        if self.features_only:
+            return self._feature_maps(x)
+        return self.forward_head(self.forward_features(x))
 
 
 def _acmix_mixer(in_planes, out_planes, stride, dilation, **kwargs):

@@ -7,15 +7,16 @@ documentation supports there.
 For every model and graph (the exported inference graph, and the training step at amp O0 and O2 with
 loss scaling and clipping on, the optimizer of the model's shipped config), a fresh process builds the
 model in the portable formulation (what every device but the CPU runs) at the smallest of AUDIT_SIZES
-it takes, compiles the graph on this machine's CPU with MindSpore's IR dump on (the training step is
-compiled, not run), and this process reads the frontend's final graph (`*_validate_*.ir`: after
-autodiff and optimisation, before any backend pass). Every primitive is checked against the allowlist
-(`graph_allowlist.yaml`): one entry per primitive, with the API page it comes from (for a gradient
-primitive, the page of the public op whose gradient it is), the platforms that page lists, and the
-constraints checked. A primitive not in the allowlist is a violation, and so is a ±inf constant:
-in the IR, which prints small constants in full (large ones as `value=[...]`), and in the exported
-MINDIR, whose constants are read in full. Each violation is printed with the primitive, its
-attributes and shapes and the source line; the exit code is 1 if there is any.
+it takes without padding (or at --image_size), compiles the graph on this machine's CPU with
+MindSpore's IR dump on (the training step is compiled, not run), and this process reads the
+frontend's final graph (`*_validate_*.ir`: after autodiff and optimisation, before any backend pass).
+Every primitive is checked against the allowlist (`graph_allowlist.yaml`): one entry per primitive,
+with the API page it comes from (for a gradient primitive, the page of the public op whose gradient
+it is), the platforms that page lists, and the constraints checked. A primitive not in the allowlist
+is a violation, and so is a ±inf constant: in the IR, which prints small constants in full (large ones
+as `value=[...]`), and in the exported MINDIR, whose constants are read in full. Each violation is
+printed with the primitive, its attributes and shapes and the source line; the exit code is 1 if
+there is any.
 
 What it cannot see: MindSpore's own device-specific expansions (e.g. `amp.all_finite` reads the
 float-status registers on Ascend, and checks the values on CPU), kernel selection on the device,
@@ -246,7 +247,7 @@ AUDIT_SIZES = (32, 64, 128, 224)  # the audit builds each model at the smallest 
 
 def _audit_model(arch, image_size, formulation='portable'):
     """(config, network) for the audit: the shipped config of `arch` if there is one (optimizer,
-    clipping), the formulation, and image_size or the smallest of AUDIT_SIZES that works."""
+    clipping), the formulation, and image_size or the smallest of AUDIT_SIZES that works unpadded."""
     from ..config import load_config
     from ..models import InputSizeError, build_model
     path = Path(__file__).resolve().parents[2] / 'config' / f'{arch}.yaml'
@@ -255,11 +256,16 @@ def _audit_model(arch, image_size, formulation='portable'):
     for size in ([image_size] if image_size else AUDIT_SIZES):
         cfg.image_size = size
         try:
-            return cfg, build_model(cfg)
+            net = build_model(cfg)
         except InputSizeError:
             if image_size:
                 raise
-    raise InputSizeError(f'{arch} takes none of the audit sizes {AUDIT_SIZES}; pass --image_size')
+            continue
+        # Swin takes any size, zero-padding what its windows do not divide; the automatic choice is
+        # a size it takes as the official classification model does (--image_size audits the padding).
+        if image_size or not getattr(net, 'padded', False):
+            return cfg, net
+    raise InputSizeError(f'{arch} takes none of the audit sizes {AUDIT_SIZES} without padding; pass --image_size')
 
 
 def run_worker(arch, graph, image_size, out_dir, formulation='portable'):

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from src.engine.checkpoint import read_checkpoint
 from src.errors import ArgumentParser, UserError
+from src.models.weights import read_checkpoint
 from src.tools.cli import run_main
 from src.tools.plots import pyplot, save_figure
 

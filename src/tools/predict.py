@@ -53,7 +53,7 @@ def load_predictor(cfg, checkpoint=None, mindir=None):
     if mindir:
         return nn.GraphCell(ms.load(mindir))
     from src.models import build_model
-    from src.tools.weights import load_weights
+    from src.models.weights import load_weights
     net = load_weights(build_model(cfg), checkpoint)
     net.set_train(False)
     return net

@@ -11,105 +11,14 @@ to read the .pth file (pip install torch==2.13.0).
 import sys
 
 import mindspore as ms
-import numpy as np
 
-from src.engine.checkpoint import describe_mismatch, save_checkpoint_atomic
-from src.errors import ArgumentParser, UserError
+from src.engine.checkpoint import save_checkpoint_atomic
+from src.errors import ArgumentParser
 from src.fileio import OutputWriteError
 from src.models import create_model, list_models
+from src.models.weights import ConversionError, convert_state_dict, load_pth
 from src.progress import Progress
 from src.tools.cli import run_main
-
-# Buffers of the official models that are constants here (built in __init__, not parameters).
-IGNORED_LEAVES = ('num_batches_tracked', 'relative_position_index', 'attn_mask')
-# torch leaf name -> candidate MindSpore leaf names (Conv/Dense keep weight/bias, norms use gamma/beta).
-LEAF_CANDIDATES = {
-    'weight': ('weight', 'gamma'),
-    'bias': ('bias', 'beta'),
-    'running_mean': ('moving_mean',),
-    'running_var': ('moving_variance',),
-}
-
-
-class ConversionError(UserError):
-    """The .pth file cannot be converted for this architecture."""
-
-
-def extract_state_dict(obj):
-    """The state_dict inside a loaded .pth object, with any 'module.' prefix removed."""
-    if isinstance(obj, dict):
-        for key in ('model', 'state_dict'):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise ConversionError('no state_dict found: expected a state_dict, {"model": ...} or {"state_dict": ...}')
-    out = {}
-    for key, value in obj.items():
-        name = key[len('module.'):] if key.startswith('module.') else key
-        out[name] = _to_numpy(value)
-    return out
-
-
-def _to_numpy(value):
-    if hasattr(value, 'detach'):  # torch.Tensor, without importing torch here
-        value = value.detach().cpu()
-        return value.float().numpy() if value.is_floating_point() else value.numpy()
-    return np.asarray(value)
-
-
-def load_pth(path, trust_pickle=False):
-    """Read a .pth file into {name: ndarray}. Needs torch."""
-    try:
-        import torch
-    except ImportError as err:
-        raise ConversionError('reading a .pth file needs PyTorch: pip install torch==2.13.0') from err
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
-    except FileNotFoundError as err:
-        raise ConversionError(f'no such file: {path}') from err
-    except Exception as err:  # torch raises UnpicklingError/RuntimeError for arbitrary pickles
-        if trust_pickle:
-            raise
-        raise ConversionError(f'{path} holds more than tensors ({type(err).__name__}: {str(err)[:200]}); if you '
-                              'trust the file, rerun with --trust_pickle') from err
-    return extract_state_dict(obj)
-
-
-def map_key(key, param_names):
-    """The MindSpore parameter name for a torch key, or None."""
-    prefix, _, leaf = key.rpartition('.')
-    for candidate in LEAF_CANDIDATES.get(leaf, (leaf,)):
-        name = f'{prefix}.{candidate}' if prefix else candidate
-        if name in param_names:
-            return name
-    return None
-
-
-def convert_state_dict(state_dict, net, skip_prefixes=()):
-    """{torch name: ndarray} -> {MindSpore name: ndarray} for `net`; raises ConversionError on
-    any missing, unexpected or mis-shaped key. Keys starting with one of `skip_prefixes` (e.g.
-    'fc.' for a new classifier) are neither converted nor required."""
-    skip = tuple(skip_prefixes)
-    params = {p.name: p for p in net.get_parameters() if not (skip and p.name.startswith(skip))}
-    converted, matched, unexpected, mismatched = {}, set(), [], []
-    for key, value in state_dict.items():
-        if key.rpartition('.')[2] in IGNORED_LEAVES or (skip and key.startswith(skip)):
-            continue
-        name = map_key(key, params)
-        if name is None:
-            unexpected.append(key)
-            continue
-        matched.add(name)
-        if tuple(value.shape) != tuple(params[name].shape):
-            mismatched.append(f'{key} {tuple(value.shape)} vs {name} {tuple(params[name].shape)}')
-        else:
-            converted[name] = value.astype(np.float32)
-    missing = [name for name in params if name not in matched]
-    if missing or unexpected or mismatched:
-        raise ConversionError('the checkpoint does not match the network:\n'
-                              + describe_mismatch(missing, unexpected, mismatched))
-    return converted
 
 
 def infer_num_classes(state_dict):
