@@ -30,7 +30,7 @@ def pretrained_loader(cfg):
     def init_weights(net):
         skip = (net.classifier_name + '.',) if cfg.new_head else ()
         try:
-            load_weights(net, cfg.pretrained, skip_prefixes=skip)
+            load_weights(net, cfg.pretrained, skip_prefixes=skip, resize_windows=True)
         except (CheckpointMismatchError, ConversionError) as err:
             if cfg.new_head:
                 raise

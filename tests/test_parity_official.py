@@ -187,21 +187,22 @@ def test_tiny_plain_swin_matches_official(tmp_path):
     check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model')
 
 
-PADDED_MINI_SWIN = dict(MINI_SWIN, img_size=(37, 45))
+PADDED_MINI_SWIN = dict(MINI_SWIN, img_size=(37, 57))
 
 
 def test_tiny_acmix_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path, formulation):
-    """37 x 45 pads at every level (patch embedding, the windows of stages 0-2, the patch merging of
-    odd sides), as the official Swin detection backbone, which the torch reference follows."""
+    """37 x 57 pads at every level (patch embedding, the windows of every stage, the patch merging of
+    odd sides); the last stage, 3 x 4 tokens, takes a padded, shifted window as in the detection
+    code. The torch reference follows the official Swin detection backbone."""
     torch.manual_seed(0)
-    check_swin(tref.swin(True, num_classes=10, **PADDED_MINI_SWIN), 'acmix_swin_mini', tmp_path, (37, 45),
-               wrap='model', formulation=formulation, img_size=(37, 45))
+    check_swin(tref.swin(True, num_classes=10, **PADDED_MINI_SWIN), 'acmix_swin_mini', tmp_path, (37, 57),
+               wrap='model', formulation=formulation, img_size=(37, 57))
 
 
 def test_tiny_plain_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path):
     torch.manual_seed(0)
-    check_swin(tref.swin(False, num_classes=10, **PADDED_MINI_SWIN), 'swin_mini', tmp_path, (37, 45),
-               wrap='model', img_size=(37, 45))
+    check_swin(tref.swin(False, num_classes=10, **PADDED_MINI_SWIN), 'swin_mini', tmp_path, (37, 57),
+               wrap='model', img_size=(37, 57))
 
 
 FULL = [

@@ -278,8 +278,11 @@ class SwinBlock(nn.Module):
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, drop_path, acmix):
         super().__init__()
         self.dim, self.input_resolution = dim, tuple(resolution)
-        if min(resolution) <= window_size:  # no partitioning when the map fits in one window
-            shift_size, window_size = 0, min(resolution)
+        side = min(resolution)
+        # classification Swin: one window, no shift, for a stage no larger than the window; kept where
+        # that window tiles the map exactly (the detection backbone has no such rule and pads)
+        if side <= window_size and all(r % side == 0 for r in resolution):
+            shift_size, window_size = 0, side
         self.window_size, self.shift_size = window_size, shift_size
         # padded size: bottom/right zeros up to whole windows (equal to resolution when it divides)
         self.padded_resolution = tuple(_ceil_div(r, window_size) * window_size for r in resolution)

@@ -11,7 +11,8 @@ import os
 import re
 
 from ..errors import UserError
-from .checkpoint import CheckpointReadError, read_training_checkpoint
+from ..models.weights import CheckpointReadError
+from .checkpoint import read_training_checkpoint
 
 _EPOCH = re.compile(r'epoch_(\d+)\.ckpt$')
 _STEP = re.compile(r'epoch_(\d+)_step_(\d+)\.ckpt$')

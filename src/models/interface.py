@@ -9,7 +9,7 @@ def check_out_indices(out_indices, num_stages):
     otherwise."""
     indices = tuple(out_indices)
     if (not indices or len(set(indices)) != len(indices)
-            or not all(isinstance(i, int) and 0 <= i < num_stages for i in indices)):
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_stages for i in indices)):
         raise ValueError(f'out_indices must be distinct stage indices in 0..{num_stages - 1}, got {out_indices!r}')
     return tuple(sorted(indices))
 
@@ -24,5 +24,7 @@ def forget_compiled_graphs(cell):
     """Make the next call of `cell` compile its graph again. MindSpore 2.10 finds a Cell's compiled
     graph by phase, id and creation time, not by its sub-Cells, so a classifier replaced after the
     first graph-mode call would silently keep computing the old one; a new creation time gives the
-    Cell a new cache key (tests/test_models_backbone.py checks that it does)."""
+    Cell a new cache key (tests/test_models_backbone.py checks that it does). A Cell that wraps the
+    model and was already compiled (a training step, a loss Cell) keeps its own key: change the
+    classifier before wrapping the model."""
     object.__setattr__(cell, '_create_time', time.time_ns())

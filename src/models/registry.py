@@ -48,6 +48,7 @@ def create_model(name, num_classes=1000, features_only=False, out_indices=(0, 1,
 
     features_only: a backbone whose construct returns a tuple of NCHW feature maps, one per stage
         in `out_indices` (0 is the first stage), described by its `feature_info`; no classifier.
+    out_indices: the stages a features_only model returns.
     checkpoint_path: a MindSpore .ckpt or an official .pth (needs torch) loaded strictly, without
         the classifier in features_only mode; Swin bias tables of another window size are resized
         (see src/models/weights.py).
@@ -62,7 +63,7 @@ def create_model(name, num_classes=1000, features_only=False, out_indices=(0, 1,
         overrides.update(features_only=True, out_indices=out_indices)
     net = _MODEL_FNS[name](num_classes=num_classes, **overrides)
     if checkpoint_path is not None:
-        load_weights(net, checkpoint_path)
+        load_weights(net, checkpoint_path, resize_windows=True)
     return net
 
 
@@ -71,6 +72,11 @@ def build_model(cfg):
     num_classes, image_size, drop_path_rate, model_overrides), checked against its image size so
     that a size the model cannot take fails before any data is read."""
     overrides = dict(cfg.model_overrides)
+    # a run trains and evaluates classifiers; its weights come from --pretrained / --checkpoint
+    reserved = sorted(set(overrides) & {'features_only', 'out_indices', 'checkpoint_path', 'num_classes'})
+    if reserved:
+        raise UserError(f'model_overrides cannot set {", ".join(reserved)}: a run builds a classifier '
+                        '(num_classes is its own key) and loads weights from pretrained or checkpoint')
     overrides.update(size_overrides(cfg.arch, cfg.image_size))
     if cfg.drop_path_rate is not None:
         overrides['drop_path_rate'] = cfg.drop_path_rate

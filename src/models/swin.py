@@ -5,6 +5,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..layers import DropPath, WindowAttention, WindowAttentionACmix, roll_hw, shifted_window_mask
+from ..layers.padding import zero_pad_axis
 from ..layers.window_acmix import dense
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
 from .registry import InputSizeError, register_model
@@ -41,13 +42,10 @@ def stage_resolutions(img_size, patch_size, num_stages):
     return res
 
 
-def bottom_right_pad(h, w, ph, pw, channels_last=True):
-    """ops.Pad that zero-pads a map of h x w to ph x pw at the bottom and on the right (NHWC, or
-    NCHW when channels_last=False), or None when there is nothing to pad."""
-    if (ph, pw) == (h, w):
-        return None
-    spatial = ((0, ph - h), (0, pw - w))
-    return ops.Pad(((0, 0),) + spatial + ((0, 0),) if channels_last else ((0, 0), (0, 0)) + spatial)
+def pad_bottom_right(x, h_axis, pad_h, pad_w):
+    """x with pad_h zero rows at the bottom and pad_w zero columns on the right, its height on axis
+    h_axis and its width on the next (concatenation with zeros: see src/layers/padding.py)."""
+    return zero_pad_axis(zero_pad_axis(x, h_axis, 0, pad_h), h_axis + 1, 0, pad_w)
 
 
 class Mlp(nn.Cell):
@@ -63,22 +61,27 @@ class Mlp(nn.Cell):
 
 
 class SwinBlock(nn.Cell):
-    """(Shifted-)window attention block on a (h, w) token grid. A stage no larger than the window
-    (its shorter side) uses one window of that side and no shift, as in Swin. A side the window does
-    not divide is zero-padded at the bottom/right after norm1, shifted, attended and cropped back, as
-    in the official Swin detection backbone; the shift mask is built for the padded size."""
+    """(Shifted-)window attention block on a (h, w) token grid.
+
+    A stage whose shorter side is no larger than the window and tiles the grid exactly uses windows
+    of that side and no shift, as classification Swin does for a stage no larger than its window (at
+    224 px the last stage is one 7x7 window). Otherwise a side the window does not divide is
+    zero-padded at the bottom/right after norm1, shifted, attended and cropped back, as in the
+    official Swin detection backbone (which has no such rule); the shift mask is built for the
+    padded size."""
 
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0,
                  acmix=True, **acmix_kwargs):
         super().__init__()
         self.resolution = resolution
-        if min(resolution) <= window_size:
-            shift_size, window_size = 0, min(resolution)
+        side = min(resolution)
+        if side <= window_size and all(r % side == 0 for r in resolution):
+            shift_size, window_size = 0, side
         self.window_size, self.shift_size = window_size, shift_size
         h, w = resolution
         self.padded_resolution = (_ceil_div(h, window_size) * window_size, _ceil_div(w, window_size) * window_size)
-        self.pad = bottom_right_pad(h, w, *self.padded_resolution)
+        self.pad = (self.padded_resolution[0] - h, self.padded_resolution[1] - w)
         self.norm1 = layer_norm(dim)
         attn_cls = WindowAttentionACmix if acmix else WindowAttention
         self.attn = attn_cls(dim, window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
@@ -95,15 +98,15 @@ class SwinBlock(nn.Cell):
         h, w = self.resolution
         s = self.shift_size
         y = self.norm1(x).view(b, h, w, c)
-        if self.pad is not None:
-            y = self.pad(y)  # (B, Hp, Wp, C)
+        if self.pad != (0, 0):
+            y = pad_bottom_right(y, 1, *self.pad)  # (B, Hp, Wp, C)
         if s > 0:
             y = roll_hw(y, -s, -s)
         y = self.attn(y, self.attn_mask)
         if s > 0:
             y = roll_hw(y, s, s)
-        if self.pad is not None:
-            y = y[:, :h, :w]
+        if self.pad != (0, 0):
+            y = ops.slice(y, (0, 0, 0, 0), (b, h, w, c))
         x = x + self.drop_path(y.reshape(b, length, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -117,15 +120,15 @@ class PatchMerging(nn.Cell):
         super().__init__()
         self.resolution = resolution
         h, w = resolution
-        self.pad = bottom_right_pad(h, w, h + h % 2, w + w % 2)
+        self.pad = (h % 2, w % 2)
         self.norm = layer_norm(4 * dim)
         self.reduction = dense(4 * dim, 2 * dim, has_bias=False)
 
     def construct(self, x):
         b, _, c = x.shape
         h, w = self.resolution
-        if self.pad is not None:
-            x = self.pad(x.view(b, h, w, c))
+        if self.pad != (0, 0):
+            x = pad_bottom_right(x.view(b, h, w, c), 1, *self.pad)
             h, w = h + h % 2, w + w % 2
         x = x.view(b, h // 2, 2, w // 2, 2, c)  # (B, h/2, row parity, w/2, col parity, C)
         # Order of the official cat: (0::2, 0::2), (1::2, 0::2), (0::2, 1::2), (1::2, 1::2).
@@ -160,15 +163,14 @@ class PatchEmbed(nn.Cell):
     def __init__(self, img_size, patch_size, in_chans, embed_dim):
         super().__init__()
         h, w = img_size
-        self.pad = bottom_right_pad(h, w, _ceil_div(h, patch_size) * patch_size,
-                                    _ceil_div(w, patch_size) * patch_size, channels_last=False)
+        self.pad = (-h % patch_size, -w % patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode='valid',
                               has_bias=True)
         self.norm = layer_norm(embed_dim)
 
     def construct(self, x):
-        if self.pad is not None:
-            x = self.pad(x)
+        if self.pad != (0, 0):
+            x = pad_bottom_right(x, 2, *self.pad)
         x = self.proj(x)  # (B, C, h, w)
         b, c = x.shape[0], x.shape[1]
         return self.norm(x.reshape(b, c, -1).swapaxes(1, 2))  # (B, h*w, C)
@@ -220,9 +222,9 @@ class SwinTransformer(nn.Cell):
                 acmix=acmix, **acmix_kwargs))
         self.layers = nn.CellList(layers)
         # whether some map is zero-padded: not a size the official classification model takes
-        self.padded = self.patch_embed.pad is not None or any(
-            layer.downsample is not None and layer.downsample.pad is not None
-            or any(blk.pad is not None for blk in layer.blocks) for layer in layers)
+        pads = [self.patch_embed.pad] + [cell.pad for layer in layers for cell in
+                                         list(layer.blocks) + ([layer.downsample] if layer.downsample else [])]
+        self.padded = any(pad != (0, 0) for pad in pads)
         self.num_features = dims[-1]
         self.features_only = features_only
         self.checkpoint_skip_prefixes, self.optional_checkpoint_prefixes = (), ()

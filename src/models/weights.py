@@ -236,17 +236,21 @@ def resize_bias_tables(params, net):
     return out, resized
 
 
-def load_weights(net, path, skip_prefixes=()):
+def load_weights(net, path, skip_prefixes=(), resize_windows=False):
     """Strictly load a MindSpore .ckpt or an official .pth (converted in memory; needs torch) into
-    `net`, with the model's own skipped and optional prefixes (see the module docstring) and Swin
-    bias tables of another window size resized. Returns `net`."""
+    `net`, with the model's own skipped and optional prefixes (see the module docstring). With
+    `resize_windows`, Swin bias tables of another window size are resized to the model's (to start
+    training or a backbone from weights of another resolution); without it they are a mismatch, as
+    evaluation and export expect the weights of the model they build. Returns `net`."""
     skip = tuple(skip_prefixes) + tuple(getattr(net, 'checkpoint_skip_prefixes', ()))
     optional = tuple(getattr(net, 'optional_checkpoint_prefixes', ()))
+    params = load_pth(path) if path.endswith(PTH_SUFFIXES) else read_checkpoint(path)
+    resized = 0
+    if resize_windows:
+        # the tables have the same names in torch and here, so a .pth is resized before conversion
+        params, resized = resize_bias_tables(params, net)
     if path.endswith(PTH_SUFFIXES):
-        state_dict, resized = resize_bias_tables(load_pth(path), net)
-        params = convert_state_dict(state_dict, net, skip, optional)
-    else:
-        params, resized = resize_bias_tables(read_checkpoint(path), net)
+        params = convert_state_dict(params, net, skip, optional)
     if resized:
         print(f'resized {resized} relative-position bias tables of {path} to the window size of this model '
               '(bicubic)', flush=True)
