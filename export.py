@@ -75,7 +75,7 @@ def main(argv=None):
     cfg.model_overrides = {**cfg.model_overrides, 'formulation': 'portable'}
     net = build_model(cfg)
     if cfg.checkpoint:
-        load_weights(net, cfg.checkpoint)
+        load_weights(net, cfg.checkpoint, use_ema=cfg.use_ema)
     else:
         print('warning: no --checkpoint given, exporting the randomly initialised model', file=sys.stderr)
     net.set_train(False)

@@ -54,6 +54,12 @@ SCHEMA = {
     'warmup_lr': (0.0, 'learning rate at the start of warm-up'),
     'min_lr': (0.0, 'final learning rate of the cosine schedule'),
     'clip_grad': (None, 'clip gradients to this global norm; null = off'),
+    'accumulation_steps': (1, 'micro-batches of batch_size per optimizer update (gradients averaged): the '
+                              'global batch is batch_size x devices x accumulation_steps, which the lr '
+                              'scaling and the schedule count'),
+    'ema': (False, 'keep an exponential moving average of the weights (saved in checkpoints, validated '
+                   'each epoch beside the weights)'),
+    'ema_decay': (0.9999, 'EMA: average <- ema_decay * average + (1 - ema_decay) * weights, per update'),
     # run
     'device_target': ('CPU', 'CPU | GPU | Ascend'),
     'mode': ('graph', 'graph | pynative (for debugging)'),
@@ -82,6 +88,7 @@ SCHEMA = {
     'eval_interval': (1, 'validate every N epochs (0 = only at the end)'),
     'resume': ('', "checkpoint to resume from, or 'auto' for the last one in output_dir"),
     'checkpoint': ('', 'eval/export: checkpoint to load (.ckpt, or an official .pth)'),
+    'use_ema': (False, 'eval/export/predict: use the EMA weights of a checkpoint trained with ema: true'),
     'pretrained': ('', 'train: initial weights (.ckpt, or an official .pth), loaded strictly'),
     'new_head': (False, 'train with pretrained: leave the classifier out of the loaded weights, to '
                         'fine-tune on another set of classes'),
@@ -158,7 +165,8 @@ def _validate(cfg):
         if cfg[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {cfg[key]!r}")
     for key in ('num_classes', 'image_size', 'batch_size', 'eval_batch_size', 'epochs', 'log_interval',
-                'keep_checkpoint_max', 'lr_base_batch', 'export_batch_size', 'max_skipped_steps'):
+                'keep_checkpoint_max', 'lr_base_batch', 'export_batch_size', 'max_skipped_steps',
+                'accumulation_steps'):
         if cfg[key] < 1:
             raise ConfigError(f"config key '{key}' must be at least 1, got {cfg[key]}")
     float32_max = 3.4028234663852886e38  # the scale is a float32 Parameter, at least 1 (DynamicLossScaler)
@@ -167,6 +175,8 @@ def _validate(cfg):
     if cfg.max_device_memory and not re.fullmatch(r'[0-9]+(\.[0-9]+)?GB', cfg.max_device_memory):
         raise ConfigError("config key 'max_device_memory' must look like '30GB' (or be empty), got "
                           f'{cfg.max_device_memory!r}')
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg.ema_decay}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
 

@@ -169,3 +169,36 @@ def test_msrun_sigterm_stops_every_rank_at_one_step_with_a_checkpoint_that_resum
     assert f'resumed from {checkpoint}' in resumed
     prints = dict(re.findall(r'rank (\d)/2: final weights fingerprint (.+)', resumed))
     assert sorted(prints) == ['0', '1'] and prints['0'] == prints['1'], resumed[-3000:]
+
+
+@needs_msrun
+def test_msrun_validation_counts_every_image_once(tiny_imagefolder, tmp_path):
+    # 11 images over 2 ranks with batch 4: shards of 6 (4 + 2) and 5 (4 + 1), so the ranks run their
+    # last, partial batches at different sizes and the sum must still count each image once
+    # An untrained model: its top-1 is neither 0 nor 1, so a wrong shard would show in it.
+    import mindspore as ms
+
+    from conftest import tiny_config
+    from src.models import build_model
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_imagefolder, data)
+    os.remove(data / 'val' / 'class_1' / '0.png')
+    checkpoint = str(tmp_path / 'untrained.ckpt')
+    ms.set_seed(1)
+    ms.save_checkpoint(build_model(tiny_config(str(data), tmp_path)), checkpoint)
+    args = [os.path.join(ROOT, 'eval.py'), '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32',
+            '--crop_pct', '1.0', '--num_workers', '1', '--eval_batch_size', '4', '--data_dir', str(data),
+            '--checkpoint', checkpoint]
+    single = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v='3'))
+    assert single.returncode == 0, single.stderr[-2000:]
+    alone = json.loads(single.stdout.strip().splitlines()[-1])
+    logs = _msrun(args, str(tmp_path / 'msrun'))
+    printed = [json.loads(line) for line in logs.splitlines() if line.startswith('{"checkpoint"')]
+    assert len(printed) == 1, logs[-3000:]  # rank 0 only
+    split = printed[0]
+    assert (alone['count'], alone['ranks'], split['ranks']) == (11, 1, 2)
+    assert [split[k] for k in ('count', 'top1', 'top5')] == [alone[k] for k in ('count', 'top1', 'top5')]
+    assert split['loss'] == pytest.approx(alone['loss'], rel=1e-6)
+    assert 0 < alone['top1'] < 1
+    print(f"single process and 2 ranks: top-1 {alone['top1']:.4f}, top-5 {alone['top5']:.4f}, 11 images")

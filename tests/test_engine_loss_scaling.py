@@ -62,8 +62,8 @@ def _dense_sgd_update(clip_grad, loss_scale):
     scaler = None if loss_scale is None else ms.amp.DynamicLossScaler(loss_scale, 2, 1000)
     step = make_train_step(net, nn.CrossEntropyLoss(), nn.SGD(net.trainable_params(), learning_rate=1.0), scaler,
                            clip_grad)
-    loss, overflow, reported_scale = step(Tensor(rng.normal(size=(6, 4)).astype(np.float32) * 3),
-                                          Tensor(np.array([0, 1, 2, 0, 1, 2], np.int32)))
+    loss, overflow, reported_scale = step([(Tensor(rng.normal(size=(6, 4)).astype(np.float32) * 3),
+                                            Tensor(np.array([0, 1, 2, 0, 1, 2], np.int32)))])
     assert np.isfinite(loss.asnumpy()) and not overflow.asnumpy()
     assert reported_scale.asnumpy() == (1.0 if loss_scale is None else loss_scale)
     return [b - p.asnumpy() for b, p in zip(before, net.trainable_params())]

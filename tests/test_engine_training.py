@@ -77,6 +77,24 @@ def test_evaluate_counts_every_sample(tiny_imagefolder, tmp_path):
     assert top2.shape == (12, 2)
 
 
+def test_validation_shards_hold_every_image_once(tiny_imagefolder, tmp_path):
+    # 12 images over 5 ranks: shards of 3, 3, 2, 2, 2, each in the full set's order
+    cfg = tiny_config(tiny_imagefolder, tmp_path, eval_batch_size=2)
+
+    def rows(rank=0, group_size=1):
+        data = build_dataset(cfg, 'val', rank, group_size)
+        batches = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+        return [(label, image.tobytes()) for images, labels in batches for image, label in zip(images, labels)]
+
+    whole = rows()
+    shards = [rows(r, 5) for r in range(5)]
+    assert [len(s) for s in shards] == [3, 3, 2, 2, 2]
+    for r, shard in enumerate(shards):
+        assert shard == whole[r::5]
+    with pytest.raises(DataError, match='fewer than the 13 ranks'):
+        build_dataset(cfg, 'val', 0, 13)
+
+
 def test_train_and_val_class_mismatch_is_an_error(tmp_path):
     from conftest import write_tiny_imagefolder
     root = write_tiny_imagefolder(str(tmp_path / 'data'))

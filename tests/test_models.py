@@ -198,5 +198,5 @@ def test_mixed_precision_training_step(arch, formulation):
     scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 10, scale_factor=2, scale_window=1000)
     step = make_train_step(net, nn.CrossEntropyLoss(), opt, scaler)
     x = Tensor(np.random.randn(2, 3, size, size).astype(np.float32))
-    loss, overflow, loss_scale = step(x, Tensor(np.array([1, 3], np.int32)))
+    loss, overflow, loss_scale = step([(x, Tensor(np.array([1, 3], np.int32)))])
     assert np.isfinite(loss.asnumpy()).all() and not overflow.asnumpy() and loss_scale.asnumpy() == 2.0 ** 10

@@ -55,8 +55,11 @@ def test_non_finite_loss_stops_naming_step_and_last_checkpoint(tiny_imagefolder,
 
 
 def _train_argv(data_dir, output_dir):
+    # Updates of 2 micro-batches of 4 with a weight EMA validated every epoch: resuming must restore
+    # the average and the position in the schedule, which counts updates.
     return train_command(data_dir, output_dir, '--hflip', '0', '--scale_min', '0.8', '--lr', '0.8', '--epochs', '4',
-                         '--label_smoothing', '0', '--seed', '3')
+                         '--label_smoothing', '0', '--seed', '3', '--batch_size', '4', '--accumulation_steps', '2',
+                         '--ema', 'true', '--ema_decay', '0.8', '--eval_interval', '1')
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +73,9 @@ def interruption_data(tmp_path_factory):
 
 
 def _losses(folder):
-    return [(r['epoch'], r['train_loss']) for r in json.loads((folder / 'metrics.json').read_text())]
+    """Per epoch: the mean training loss and the EMA weights' validation top-1 and loss."""
+    return [(r['epoch'], r['train_loss'], r['ema_val_top1'], r['ema_val_loss'])
+            for r in json.loads((folder / 'metrics.json').read_text())]
 
 
 def _signal_when_logged(argv, log, line, signum):
@@ -110,7 +115,8 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_gives_the_uninterrupted
     assert stopped, out[-2000:]
     step = int(stopped.group(1))  # 9 too: the last step's checkpoint comes before the epoch's validation
     assert stopped.group(2) == str(tmp_path / 'checkpoints' / f'epoch_002_step_{step:06d}.ckpt')
-    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['epoch_001.ckpt', f'epoch_002_step_{step:06d}.ckpt']
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['best.ckpt', 'epoch_001.ckpt',
+                                                           f'epoch_002_step_{step:06d}.ckpt']
     assert 'to continue: python train.py ' in out and out.rstrip().endswith('--resume auto')
     assert _losses(tmp_path) == uninterrupted[:1]
 

@@ -114,7 +114,10 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
 
     split 'train': shuffled, sharded by rank, augmented, full batches only, labels are mixed /
     smoothed soft targets (N, num_classes). split 'val': every sample in order (the last batch may
-    be partial), int32 labels (as ImageFolderDataset yields them).
+    be partial), int32 labels (as ImageFolderDataset yields them); with group_size > 1 this rank's
+    shard, samples rank, rank + group_size, ... of that order, so that the shards hold every sample
+    exactly once (ImageFolderDataset's own sharding pads the shards to equal sizes by repeating
+    samples, which evaluation would count twice).
     """
     split_dir = os.path.join(cfg.data_dir, split)
     names = class_names(split_dir)
@@ -125,10 +128,18 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
     training = split == 'train'
     if seed is not None:
         ds.config.set_seed(seed)
-    data = ds.ImageFolderDataset(split_dir, shuffle=training, num_parallel_workers=cfg.num_workers,
-                                 class_indexing=class_indexing, extensions=list(IMAGE_EXTENSIONS),
-                                 num_shards=group_size if training and group_size > 1 else None,
-                                 shard_id=rank if training and group_size > 1 else None)
+    folder = dict(num_parallel_workers=cfg.num_workers, class_indexing=class_indexing,
+                  extensions=list(IMAGE_EXTENSIONS))
+    if group_size == 1:
+        data = ds.ImageFolderDataset(split_dir, shuffle=training, **folder)
+    elif training:
+        data = ds.ImageFolderDataset(split_dir, shuffle=True, num_shards=group_size, shard_id=rank, **folder)
+    else:
+        total = ds.ImageFolderDataset(split_dir, shuffle=False, **folder).get_dataset_size()
+        if total < group_size:
+            raise DataError(f'{split_dir} has {total} images, fewer than the {group_size} ranks evaluating it')
+        data = ds.ImageFolderDataset(split_dir, sampler=ds.SubsetSampler(list(range(rank, total, group_size))),
+                                     **folder)
     transforms = train_transforms(cfg) if training else eval_transforms(cfg)
     data = data.map(transforms, input_columns='image', num_parallel_workers=cfg.num_workers)
     if training:

@@ -4,6 +4,7 @@ import mindspore as ms
 
 from ..fileio import atomic_write
 from ..models.weights import (
+    EMA_PREFIX,
     META_PREFIX,
     OPTIMIZER_PREFIX,
     CheckpointMismatchError,
@@ -37,11 +38,14 @@ def optimizer_state(net, optimizer):
 LAST_META = 'epoch'
 
 
-def save_training_checkpoint(path, net, optimizer=None, meta=None):
-    """Network weights, optionally the optimizer state (prefixed 'optimizer.') and scalar
-    metadata (prefixed 'meta.'; a resumable one has LAST_META), in one atomically written file. The
-    weights load into a network alone (eval, export), the rest is for resuming."""
+def save_training_checkpoint(path, net, optimizer=None, meta=None, ema_net=None):
+    """Network weights, optionally the optimizer state (prefixed 'optimizer.'), the weight EMA
+    (ema_net, whose parameter names carry EMA_PREFIX) and scalar metadata (prefixed 'meta.'; a
+    resumable one has LAST_META), in one atomically written file. The weights load into a network
+    alone (eval, export), the rest is for resuming."""
     items = [{'name': p.name, 'data': p} for p in net.get_parameters()]
+    if ema_net is not None:
+        items += [{'name': p.name, 'data': p} for p in ema_net.get_parameters()]
     if optimizer is not None:
         items += [{'name': OPTIMIZER_PREFIX + p.name, 'data': p} for p in optimizer_state(net, optimizer)]
     meta = dict(meta or {})
@@ -72,6 +76,15 @@ def split_training_checkpoint(params):
         else:
             weights[name] = value
     return weights, opt_state, meta
+
+
+def load_ema_weights(params, ema_net):
+    """Load a training checkpoint's {name: value} EMA weights strictly into ema_net; False (nothing
+    loaded) when the checkpoint has none, as one saved by a run without ema."""
+    found = {k: v for k, v in params.items() if k.startswith(EMA_PREFIX)}
+    if found:
+        load_checkpoint_strict(ema_net, found)
+    return bool(found)
 
 
 def load_training_checkpoint(path, net, optimizer=None, params=None):

@@ -4,6 +4,7 @@ import numpy as np
 from mindspore import ops
 
 from ..data.imagefolder import DataError
+from .train_step import SumOverRanks
 
 
 def log_softmax(logits):
@@ -11,10 +12,13 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def evaluate(net, dataset, progress=None, jit_level='O0'):
+def evaluate(net, dataset, progress=None, jit_level='O0', sum_over_ranks=False):
     """Runs `net` in eval mode over `dataset` (images, int labels), keeping every sample
     (a partial last batch included). Returns {'top1', 'top5', 'loss', 'count'}. `progress`: a
     src.progress.Progress, updated per batch. jit_level: of the compiled forward, 'O0' or 'O1'.
+    sum_over_ranks: `dataset` is this rank's shard (build_dataset's 'val' split with group_size > 1);
+    the counts and the loss sum of all ranks are added up, so every rank returns the result over
+    the whole set. Every rank must call it (the ranks' batch counts may differ).
 
     A smaller last batch is padded to the first batch's size and the padding is dropped from the
     outputs, so graph mode compiles one shape only.
@@ -47,6 +51,10 @@ def evaluate(net, dataset, progress=None, jit_level='O0'):
             progress.update(i, num_batches, f'{count} images')
     if progress is not None:
         progress.close()
+    if sum_over_ranks:
+        totals = SumOverRanks()(ms.Tensor([correct1, correct5, loss_sum, count], ms.float32)).asnumpy()
+        correct1, correct5, count = (int(round(float(v))) for v in totals[[0, 1, 3]])
+        loss_sum = float(totals[2])
     if count == 0:
         raise DataError('no image of the evaluation dataset could be read')
     return {'top1': correct1 / count, 'top5': correct5 / count, 'loss': loss_sum / count, 'count': count}

@@ -1,7 +1,10 @@
-"""The jitted training step: forward, loss, gradients and the optimizer update in one graph."""
+"""The jitted training step: forward, loss, gradients and the optimizer update in one graph, or, with
+gradient accumulation, one graph per micro-batch and one for the update; weight EMA."""
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.amp import all_finite
+
+from ..models.weights import EMA_PREFIX
 
 _square_sum = ops.MultitypeFuncGraph('square_sum')
 _scale = ops.MultitypeFuncGraph('scale')
@@ -18,6 +21,26 @@ def _scale_fn(factor, grad):
     return grad * factor.astype(grad.dtype)
 
 
+_accumulate = ops.MultitypeFuncGraph('accumulate')
+_reset = ops.MultitypeFuncGraph('reset')
+_ema_update = ops.MultitypeFuncGraph('ema_update')
+
+
+@_accumulate.register('Tensor', 'Tensor')
+def _accumulate_fn(total, grad):
+    return ops.assign_add(total, grad.astype(total.dtype))
+
+
+@_reset.register('Tensor')
+def _reset_fn(total):
+    return ops.assign(total, ops.zeros_like(total))
+
+
+@_ema_update.register('Tensor', 'Tensor', 'Tensor')
+def _ema_update_fn(decay, average, weight):
+    return ops.assign(average, average * decay + (1.0 - decay) * weight.astype(average.dtype))
+
+
 def clip_by_global_norm(grads, clip_norm):
     """Scale all of `grads` by clip_norm / max(global_norm, clip_norm), the global norm taken over
     all of them together: the semantics of ops.clip_by_global_norm, which 2.10 deprecates. Squares
@@ -29,14 +52,25 @@ def clip_by_global_norm(grads, clip_norm):
     return _hyper_map(ops.partial(_scale, factor), grads)
 
 
-class AnyRank(nn.Cell):
-    """flag (float32 scalar, 0 or 1) -> True on every rank when it is 1 on at least one. The flag
-    travels as a float32 count summed over ranks: SUM is the reduction every backend (CPU msrun
-    included) supports for float32."""
+class SumOverRanks(nn.Cell):
+    """x (float32) -> its sum over all ranks, on every rank. Counts travel as float32 too: SUM is
+    the reduction every backend (CPU msrun included) supports for float32, exact for integers
+    below 2**24."""
 
     def __init__(self):
         super().__init__()
-        self.sum_over_ranks = ops.AllReduce(ops.ReduceOp.SUM)
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
+
+    def construct(self, x):
+        return self.all_reduce(x)
+
+
+class AnyRank(nn.Cell):
+    """flag (float32 scalar, 0 or 1) -> True on every rank when it is 1 on at least one."""
+
+    def __init__(self):
+        super().__init__()
+        self.sum_over_ranks = SumOverRanks()
 
     def construct(self, flag):
         return self.sum_over_ranks(flag) > 0.5
@@ -58,23 +92,69 @@ class AllRanksFinite(nn.Cell):
         return ops.logical_not(self.any_rank(ops.logical_not(finite).astype(ms.float32)))
 
 
-def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, grad_reducer=None, jit_level='O0'):
-    """Returns step(images, targets) -> (loss, overflow, loss_scale), compiled once (graph mode)
-    on first call. All three are scalar Tensors:
+class WeightEMA(nn.Cell):
+    """An exponential moving average of a network's floating-point parameters (trainable weights and
+    BatchNorm statistics, as timm's ModelEmaV2 averages the whole state), kept in the parameters of
+    `average_net`, a second instance of the same model whose parameter names carry the prefix
+    EMA_PREFIX: it is evaluated as it is, and saved beside the weights. Called with `applied` (bool
+    scalar) after each update: average <- decay * average + (1 - decay) * weight if it was applied,
+    else the decay is 1 and the average stays exactly as it was.
+    """
 
-    loss: the (unscaled) training loss of the batch.
-    overflow: True when the gradients were not finite (on any rank, under data parallelism) and
-        the update was skipped; always False without a loss scaler.
-    loss_scale: the scale the next step will use, after this step's adjustment (1 without a loss
+    def __init__(self, net, average_net, decay):
+        super().__init__()
+        weights = {p.name: p for p in net.get_parameters() if p.dtype in FLOAT_TYPES}
+        averages = {p.name[len(EMA_PREFIX):]: p for p in average_net.get_parameters() if p.dtype in FLOAT_TYPES}
+        if sorted(weights) != sorted(averages):
+            raise ValueError('average_net is not an EMA_PREFIX-renamed copy of net: '
+                             f'{sorted(set(weights) ^ set(averages))[:5]}')
+        names = sorted(weights)
+        self.weights = ms.ParameterTuple([weights[n] for n in names])
+        self.averages = ms.ParameterTuple([averages[n] for n in names])
+        self.decay = ms.Tensor(decay, ms.float32)
+
+    def start_from_weights(self):
+        """average <- weight (a new run starts its average at the initial weights)."""
+        for average, weight in zip(self.averages, self.weights):
+            average.set_data(weight.data.copy())
+
+    def construct(self, applied):
+        decay = ops.select(applied, self.decay, ops.ones((), ms.float32))
+        return _hyper_map(ops.partial(_ema_update, decay), self.averages, self.weights)
+
+
+FLOAT_TYPES = (ms.float16, ms.float32, ms.bfloat16, ms.float64)
+
+
+def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, grad_reducer=None, jit_level='O0',
+                    accumulation_steps=1, ema=None):
+    """Returns step(batches) -> (loss, overflow, loss_scale): one optimizer update from
+    `accumulation_steps` micro-batches, `batches` a sequence of that many (images, targets). Compiled
+    once (graph mode) on first call. The three outputs are scalar Tensors, left on the device (read
+    them with .asnumpy() only when needed: each read waits for the device):
+
+    loss: the (unscaled) training loss, the mean over the micro-batches.
+    overflow: True when the gradients were not finite (on any rank, under data parallelism; in any
+        micro-batch of the update) and the update was skipped; always False without a loss scaler.
+    loss_scale: the scale the next update will use, after this one's adjustment (1 without a loss
         scaler).
 
-    loss_scaler: an ms.amp.DynamicLossScaler for mixed precision; a step whose gradients overflow
-        is skipped and the scale is lowered (works on CPU, GPU and Ascend).
+    loss_scaler: an ms.amp.DynamicLossScaler for mixed precision; an update whose gradients
+        overflow is skipped and the scale is lowered (works on CPU, GPU and Ascend).
     clip_grad: clip gradients to this global norm (None = off).
     grad_reducer: e.g. nn.DistributedGradReducer for data-parallel training; the overflow
-        decision is then reduced over the ranks too, so that all of them skip the same steps.
+        decision is then reduced over the ranks too, so that all of them skip the same updates.
     jit_level: 'O0' (kernel by kernel, MindSpore's default) or 'O1' (with operator fusion).
+    accumulation_steps: micro-batches per update. Above 1, one graph per micro-batch adds its
+        gradients to a float32 buffer (one more copy of the trainable weights' size) and a second graph
+        applies their mean: the update of one batch of all the micro-batches' images, up to fp32
+        rounding. The all-reduce, clipping, overflow decision and loss-scale adjustment run once per
+        update.
+    ema: a WeightEMA, updated after each applied update (in a graph of its own, run after the step's).
     """
+    if accumulation_steps < 1:
+        raise ValueError(f'accumulation_steps must be at least 1, got {accumulation_steps}')
+
     def forward(images, targets):
         loss = loss_fn(net(images), targets)
         return loss if loss_scaler is None else loss_scaler.scale(loss)
@@ -82,14 +162,8 @@ def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, g
     grad_fn = ms.value_and_grad(forward, None, optimizer.parameters)
     all_ranks_finite = AllRanksFinite() if grad_reducer is not None and loss_scaler is not None else None
 
-    def update(grads):
-        if clip_grad is not None:
-            grads = clip_by_global_norm(grads, clip_grad)
-        return optimizer(grads)
-
-    @ms.jit(jit_level=jit_level)
-    def step(images, targets):
-        loss, grads = grad_fn(images, targets)
+    def apply(loss, grads, finite):
+        """The update from the (scaled, summed over ranks) gradients; finite: of every micro-batch."""
         if grad_reducer is not None:
             grads = grad_reducer(grads)
         if loss_scaler is None:
@@ -99,7 +173,7 @@ def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, g
         grads = loss_scaler.unscale(grads)
         # Checked after the gradient all-reduce, then reduced itself: the order of
         # nn.TrainOneStepWithLossScaleCell.
-        finite = all_finite(grads)
+        finite = ops.logical_and(finite, all_finite(grads))
         if all_ranks_finite is not None:
             finite = all_ranks_finite(finite)
         if finite:
@@ -107,4 +181,71 @@ def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, g
         loss_scaler.adjust(finite)
         return loss, ops.logical_not(finite), loss_scaler.scale_value
 
-    return step
+    def update(grads):
+        if clip_grad is not None:
+            grads = clip_by_global_norm(grads, clip_grad)
+        optimizer(grads)
+
+    if ema is not None:
+        # A graph of its own: in the step's graph the weights, read before the optimizer's in-place
+        # update and again after it, would each get a copy (a TensorMove node, which has no API page
+        # to check its platforms against).
+        @ms.jit(jit_level=jit_level)
+        def update_average(skipped):
+            return ema(ops.logical_not(skipped))
+
+    def with_average(step):
+        if ema is None:
+            return step
+
+        def step_and_average(batches):
+            outputs = step(batches)
+            # None when graphs are compiled and not run (MS_DEV_PRECOMPILE_ONLY, as the graph audit does)
+            update_average(ops.zeros((), ms.bool_) if outputs is None else outputs[1])
+            return outputs
+        return step_and_average
+
+    if accumulation_steps == 1:
+        @ms.jit(jit_level=jit_level)
+        def single_step(images, targets):
+            loss, grads = grad_fn(images, targets)
+            return apply(loss, grads, ops.ones((), ms.bool_))
+
+        def step(batches):
+            (images, targets), = batches
+            return single_step(images, targets)
+        return with_average(step)
+
+    totals = optimizer.parameters.clone('accumulated', init='zeros')
+    # Loss and finiteness of the window so far. All-finite is checked per micro-batch as well: on
+    # Ascend in saturation mode all_finite reads the device's float-status flag, which only sees the
+    # kernels since the last check, not an overflow inside an earlier micro-batch.
+    loss_total = ms.Parameter(ms.Tensor(0.0, ms.float32), name='accumulated_loss', requires_grad=False)
+    window_finite = ms.Parameter(ms.Tensor(True, ms.bool_), name='accumulated_finite', requires_grad=False)
+    mean_factor = ms.Tensor(1.0 / accumulation_steps, ms.float32)
+
+    @ms.jit(jit_level=jit_level)
+    def accumulate(images, targets):
+        loss, grads = grad_fn(images, targets)
+        if loss_scaler is not None:
+            ops.assign(window_finite, ops.logical_and(window_finite, all_finite(grads)))
+        _hyper_map(_accumulate, totals, grads)
+        ops.assign_add(loss_total, loss.astype(ms.float32))
+        return loss
+
+    @ms.jit(jit_level=jit_level)
+    def apply_accumulated():
+        grads = _hyper_map(ops.partial(_scale, mean_factor), totals)
+        outputs = apply(loss_total * mean_factor, grads, window_finite)
+        _hyper_map(_reset, totals)
+        ops.assign(loss_total, ops.zeros((), ms.float32))
+        ops.assign(window_finite, ops.ones((), ms.bool_))
+        return outputs
+
+    def step(batches):
+        if len(batches) != accumulation_steps:
+            raise ValueError(f'an update takes {accumulation_steps} micro-batches, got {len(batches)}')
+        for images, targets in batches:
+            accumulate(images, targets)
+        return apply_accumulated()
+    return with_average(step)

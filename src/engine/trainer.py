@@ -24,7 +24,7 @@ from ..data.imagefolder import (
 from ..errors import UserError
 from ..fileio import LogFileHandler, OutputWriteError, check_writable, make_dirs, remove_stale_temporaries, write_text
 from ..models import build_model
-from .checkpoint import load_training_checkpoint, save_training_checkpoint
+from .checkpoint import load_ema_weights, load_training_checkpoint, read_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
 from .optim import build_optimizer, scaled_lr, warmup_cosine_lr
 from .preemption import StopRequest, TrainingStopped
@@ -37,7 +37,7 @@ from .resume import (
     step_checkpoints,
     training_checkpoints,
 )
-from .train_step import AnyRank, make_train_step
+from .train_step import EMA_PREFIX, AnyRank, WeightEMA, make_train_step
 
 
 class TrainingError(UserError):
@@ -101,6 +101,9 @@ def restore_loss_scaler(loss_scaler, meta):
 # after resuming equals the uninterrupted run's.
 EPOCH_LOSSES_META = 'epoch_losses'
 EPOCH_SKIPPED_META = 'epoch_skipped_steps'
+# Steps count optimizer updates: a step checkpoint's position means accumulation_steps times as many
+# batches, so a run resumes from one only with the same accumulation_steps.
+ACCUMULATION_META = 'accumulation_steps'
 
 
 def read_metrics(path):
@@ -112,6 +115,24 @@ def read_metrics(path):
     except (OSError, ValueError) as err:
         raise ResumeError(f'cannot read {path} to resume: {err}; move it away to resume without the earlier '
                           'epochs\' records') from None
+
+
+class EpochState:
+    """What an epoch has read of its steps' outputs so far."""
+
+    def __init__(self, losses, skipped, loss_scale=1.0):
+        self.losses, self.skipped, self.loss_scale = losses, skipped, loss_scale
+
+
+def updates(batches, accumulation_steps):
+    """The (images, targets) batches of an iterator grouped into the lists of one optimizer update
+    each; a last incomplete group is dropped."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accumulation_steps:
+            yield group
+            group = []
 
 
 class LastCheckpoint:
@@ -176,12 +197,17 @@ class TrainingRun:
         np.random.seed(cfg.seed)
 
         self.class_indexing, self.val_dir = check_class_folders(cfg.data_dir)
-        self.steps_per_epoch = self.train_data(0).get_dataset_size()
+        # A step is an optimizer update of accumulation_steps batches; an epoch's last batches that do
+        # not fill an update (fewer than accumulation_steps) are left out, as drop_remainder leaves out
+        # the images that do not fill a batch.
+        self.accumulation = cfg.accumulation_steps
+        self.steps_per_epoch = self.train_data(0).get_dataset_size() // self.accumulation
         if self.steps_per_epoch == 0:
             train_dir = os.path.join(cfg.data_dir, 'train')
             raise DataError(f'{count_images(train_dir)} image files in {train_dir} (.jpg, .jpeg, .png, .bmp), fewer '
-                            f'than {group_size} device(s) x batch_size {cfg.batch_size}')
-        self.global_batch = cfg.batch_size * group_size
+                            f'than {group_size} device(s) x batch_size {cfg.batch_size} x accumulation_steps '
+                            f'{self.accumulation}')
+        self.global_batch = cfg.batch_size * group_size * self.accumulation
         self.peak_lr = scaled_lr(cfg.lr, self.global_batch, cfg.lr_base_batch)
         self.lrs = warmup_cosine_lr(self.peak_lr, self.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr,
                                     cfg.min_lr)
@@ -190,15 +216,23 @@ class TrainingRun:
         self.n_params = sum(p.size for p in self.net.trainable_params())
         self.optimizer = build_optimizer(self.net, cfg.optimizer, self.lrs, cfg.weight_decay, cfg.momentum,
                                          cfg.no_decay_1d)
+        # The EMA lives in a second instance of the model, evaluated as it is.
+        self.ema_net, self.ema = None, None
+        if cfg.ema:
+            self.ema_net = build_model(cfg)
+            self.ema_net.update_parameters_name(EMA_PREFIX)
+            self.ema = WeightEMA(self.net, self.ema_net, cfg.ema_decay)
         self.loss_scaler = None
         if cfg.amp_level != 'O0':
             self.net = ms.amp.auto_mixed_precision(self.net, cfg.amp_level)
+            if self.ema_net is not None:
+                self.ema_net = ms.amp.auto_mixed_precision(self.ema_net, cfg.amp_level)
             self.loss_scaler = ms.amp.DynamicLossScaler(scale_value=cfg.loss_scale, scale_factor=2, scale_window=1000)
         grad_reducer = None
         if group_size > 1 and cfg.data_parallel:
             grad_reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=group_size)
         self.step_fn = make_train_step(self.net, SoftTargetCrossEntropy(), self.optimizer, self.loss_scaler,
-                                       cfg.clip_grad, grad_reducer, cfg.jit_level)
+                                       cfg.clip_grad, grad_reducer, cfg.jit_level, self.accumulation, self.ema)
 
         # Where the run starts (after start_epoch epochs and start_step steps of the next one), and
         # the state an uninterrupted run would have there.
@@ -270,14 +304,25 @@ class TrainingRun:
         if not resume:
             if init_weights is not None:
                 init_weights(self.net)
+            if self.ema is not None:
+                self.ema.start_from_weights()
             return recorded, None, meta
+        params = read_training_checkpoint(resume) if params is None else params
         meta = load_training_checkpoint(resume, self.net, self.optimizer, params)
+        if self.ema is not None and not load_ema_weights(params, self.ema_net):
+            self.log.warning('%s has no EMA weights (saved without ema): the average starts at its weights', resume)
+            self.ema.start_from_weights()
         self.start_epoch, self.start_step = int(meta.get('epoch', 0)), int(meta.get('step', 0))
         self.best_top1 = float(meta.get('best_top1', -1.0))
+        saved_accumulation = int(meta.get(ACCUMULATION_META, 1))
+        if self.start_step and saved_accumulation != self.accumulation:
+            raise ResumeError(f'{resume} was saved after step {self.start_step} of an epoch with accumulation_steps '
+                              f'{saved_accumulation}, but accumulation_steps is now {self.accumulation}; resume '
+                              'from an epoch checkpoint, or with the same accumulation_steps')
         if self.start_step > self.steps_per_epoch:
             raise ResumeError(f'{resume} was saved after step {self.start_step} of an epoch, but an epoch now has '
-                              f'{self.steps_per_epoch} steps (batch_size or device count changed); resume from an '
-                              'epoch checkpoint')
+                              f'{self.steps_per_epoch} steps (batch_size, accumulation_steps or device count '
+                              'changed); resume from an epoch checkpoint')
         if self.start_step:
             self.resumed_losses = [float(v) for v in np.atleast_1d(meta[EPOCH_LOSSES_META])]
             self.resumed_skipped = int(meta[EPOCH_SKIPPED_META])
@@ -307,9 +352,10 @@ class TrainingRun:
             if self.loss_scaler is not None:
                 log.info('loss scale %g (%s)', self._loss_scale(),
                          'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
-        log.info('%s: %.2fM parameters, %d device(s) x batch %d, %d steps/epoch, peak lr %.4g, %s, amp %s',
-                 cfg.arch, self.n_params / 1e6, self.group_size, cfg.batch_size, self.steps_per_epoch, self.peak_lr,
-                 cfg.optimizer, cfg.amp_level)
+        log.info('%s: %.2fM parameters, global batch %d (%d device(s) x batch %d x accumulation %d), %d steps/epoch, '
+                 'peak lr %.4g, %s, amp %s%s', cfg.arch, self.n_params / 1e6, self.global_batch, self.group_size,
+                 cfg.batch_size, self.accumulation, self.steps_per_epoch, self.peak_lr, cfg.optimizer, cfg.amp_level,
+                 f', EMA decay {cfg.ema_decay:g}' if self.ema is not None else '')
         if self.rank == 0:
             # The later checkpoints belong to the run being replaced. Kept, keep_checkpoint_max would
             # count them and --resume auto prefer them.
@@ -320,55 +366,72 @@ class TrainingRun:
 
     def _train_epoch(self, epoch, stop):
         """Trains one epoch (from the resumed step in the first one); returns its metric record.
-        Raises TrainingStopped after saving a step checkpoint when a stop was requested."""
-        cfg, spe = self.cfg, self.steps_per_epoch
+        Raises TrainingStopped after saving a step checkpoint when a stop was requested.
+
+        The step's outputs stay on the device until a log point, a stop check that stops or the
+        epoch's end: reading them waits for the device, which would otherwise idle on the host every
+        step. A non-finite loss or a run of skipped steps is found there, at most log_interval steps
+        late, and reported with the step where it happened."""
+        cfg, spe, n = self.cfg, self.steps_per_epoch, self.accumulation
         self.net.set_train(True)
         first_step = self.start_step if epoch == self.start_epoch else 0
         epoch_start = time.time()
-        losses = list(self.resumed_losses) if first_step else []
-        skipped_steps = self.resumed_skipped if first_step else 0
-        data = self.train_data(epoch)
+        state = EpochState(list(self.resumed_losses) if first_step else [], self.resumed_skipped if first_step else 0,
+                           self._loss_scale())
+        # Only whole updates: take() leaves out the epoch's last batches that do not fill one.
+        data = self.train_data(epoch).take(spe * n)
         if first_step:
             # Skipped batches are still read and augmented: the rest of the epoch sees the random
             # state an uninterrupted run would.
-            data = data.skip(first_step)
-        i, global_step = first_step, epoch * spe + first_step
-        loss_scale = self._loss_scale()
-        for i, (images, targets) in enumerate(data.create_tuple_iterator(num_epochs=1), first_step + 1):
-            loss, overflow, loss_scale = (out.asnumpy().item() for out in self.step_fn(images, targets))
-            global_step = epoch * spe + i
-            where = f'epoch {epoch + 1}, step {i} (global step {global_step})'
-            if not math.isfinite(loss) and self.loss_scaler is None:
-                raise TrainingError(f'loss is {loss} at {where}; last good checkpoint: {self.last_saved}. '
-                                    'Lower the lr or enable clip_grad.')
-            if overflow:
-                skipped_steps += 1
-                self._count_skipped_step(where, loss_scale)
-            else:
-                self.skipped_in_a_row = 0
-            losses.append(loss)
+            data = data.skip(first_step * n)
+        i = first_step
+        pending = []  # (step, (loss, overflow, loss scale) Tensors) not read yet
+        for i, batches in enumerate(updates(data.create_tuple_iterator(num_epochs=1), n), first_step + 1):
+            pending.append((i, self.step_fn(batches)))
             self.run_steps += 1
             at_log_point = i % cfg.log_interval == 0 or i == spe
             if at_log_point:
-                self._log_progress(epoch, i, global_step, losses, loss_scale, skipped_steps)
+                self._read_steps(epoch, pending, state)
+                self._log_progress(epoch, i, epoch * spe + i, state)
             # Also after the epoch's last step: validation may outlast a scheduler's grace period.
             if stop.stop_now(at_log_point):
+                self._read_steps(epoch, pending, state)
                 if self.rank == 0:
                     self.last_saved.path = self._save(
                         step_checkpoint_path(self.ckpt_dir, epoch + 1, i),
-                        {'epoch': epoch, 'step': i, EPOCH_SKIPPED_META: skipped_steps,
-                         EPOCH_LOSSES_META: ms.Tensor(np.array(losses, np.float64))})
+                        {'epoch': epoch, 'step': i, EPOCH_SKIPPED_META: state.skipped,
+                         EPOCH_LOSSES_META: ms.Tensor(np.array(state.losses, np.float64))})
                 raise self._stopped(stop, f'epoch {epoch + 1}, step {i} of {spe}')
+        self._read_steps(epoch, pending, state)
         if i == 0:
             raise DataError(f'no batch of training images could be read in epoch {epoch + 1}')
         if i < spe:
             self.log.warning('epoch %d ran %d of %d steps: unreadable training images were skipped '
                              '(GLOG_v=2 makes MindSpore name each)', epoch + 1, i, spe)
-        record = {'epoch': epoch + 1, 'train_loss': float(np.mean(losses)), 'lr': float(self.lrs[global_step - 1]),
+        record = {'epoch': epoch + 1, 'train_loss': float(np.mean(state.losses)),
+                  'lr': float(self.lrs[epoch * spe + i - 1]), 'global_batch': self.global_batch,
                   'epoch_time_s': round(time.time() - epoch_start, 2)}
         if self.loss_scaler is not None:
-            record.update(loss_scale=loss_scale, skipped_steps=skipped_steps)
+            record.update(loss_scale=state.loss_scale, skipped_steps=state.skipped)
         return record
+
+    def _read_steps(self, epoch, pending, state):
+        """Reads the pending steps' outputs into `state` (emptying `pending`), in step order:
+        TrainingError at the first non-finite loss (without loss scaling) or the max_skipped_steps-th
+        skipped step in a row."""
+        for i, outputs in pending:
+            loss, overflow, state.loss_scale = (out.asnumpy().item() for out in outputs)
+            where = f'epoch {epoch + 1}, step {i} (global step {epoch * self.steps_per_epoch + i})'
+            if not math.isfinite(loss) and self.loss_scaler is None:
+                raise TrainingError(f'loss is {loss} at {where}; last good checkpoint: {self.last_saved}. '
+                                    'Lower the lr or enable clip_grad.')
+            if overflow:
+                state.skipped += 1
+                self._count_skipped_step(where, state.loss_scale)
+            else:
+                self.skipped_in_a_row = 0
+            state.losses.append(loss)
+        pending.clear()
 
     def _count_skipped_step(self, where, loss_scale):
         self.run_skipped += 1
@@ -380,31 +443,45 @@ class TrainingRun:
                 'loss_scale, enable clip_grad or train at amp_level O0; on Ascend in saturation mode, +-inf '
                 'anywhere in the forward pass sets the overflow flag.')
 
-    def _log_progress(self, epoch, i, global_step, losses, loss_scale, skipped_steps):
+    def _log_progress(self, epoch, i, global_step, state):
         cfg = self.cfg
         elapsed = time.time() - self.run_start
         rate = self.run_steps * self.global_batch / elapsed
         eta = (cfg.epochs * self.steps_per_epoch - global_step) * elapsed / self.run_steps
         scaling = ('' if self.loss_scaler is None
-                   else f' loss scale {loss_scale:g} (skipped {skipped_steps} of {i} steps)')
+                   else f' loss scale {state.loss_scale:g} (skipped {state.skipped} of {i} steps)')
         self.log.info('epoch %d/%d step %d/%d loss %.4f lr %.6g%s %.1f img/s ETA %s', epoch + 1, cfg.epochs, i,
-                      self.steps_per_epoch, np.mean(losses[-cfg.log_interval:]), float(self.lrs[global_step - 1]),
-                      scaling, rate, format_duration(eta))
+                      self.steps_per_epoch, np.mean(state.losses[-cfg.log_interval:]),
+                      float(self.lrs[global_step - 1]), scaling, rate, format_duration(eta))
 
     def _validate(self, epoch, n_val_images):
-        cfg = self.cfg
-        val = evaluate(self.net, build_dataset(cfg, 'val', class_indexing=self.class_indexing), jit_level=cfg.jit_level)
-        unreadable = n_val_images - val['count']
-        self.log.info('epoch %d val top-1 %.4f top-5 %.4f loss %.4f (%d images%s)', epoch + 1, val['top1'],
-                      val['top5'], val['loss'], val['count'],
-                      f', {unreadable} unreadable left out' if unreadable > 0 else '')
-        return {'val_top1': val['top1'], 'val_top5': val['top5'], 'val_loss': val['loss']}
+        """Validation of the weights and, with ema, of their average (recorded as ema_val_*). Each
+        rank evaluates its shard of the validation set and the counts are summed over the ranks."""
+        record = {}
+        # No collective runs between batches, so the shards may lose different numbers of unreadable
+        # images: skip them here rather than replace them (a replacement would be counted twice).
+        set_bad_image_policy(self.cfg.bad_images)
+        for prefix, net in (('', self.net), ('ema_', self.ema_net)):
+            if net is None:
+                continue
+            val = evaluate(net, build_dataset(self.cfg, 'val', self.rank, self.group_size,
+                                              class_indexing=self.class_indexing),
+                           jit_level=self.cfg.jit_level, sum_over_ranks=self.group_size > 1)
+            unreadable = n_val_images - val['count']
+            self.log.info('epoch %d %sval top-1 %.4f top-5 %.4f loss %.4f (%d images%s)', epoch + 1,
+                          'EMA ' if prefix else '', val['top1'], val['top5'], val['loss'], val['count'],
+                          f', {unreadable} unreadable left out' if unreadable > 0 else '')
+            record.update({f'{prefix}val_top1': val['top1'], f'{prefix}val_top5': val['top5'],
+                           f'{prefix}val_loss': val['loss']})
+        set_bad_image_policy(self.cfg.bad_images, distributed=self.group_size > 1)
+        return record
 
     def _save(self, path, meta_extra, with_optimizer=True):
-        meta = {'best_top1': self.best_top1, **meta_extra}
+        meta = {'best_top1': self.best_top1, ACCUMULATION_META: self.accumulation, **meta_extra}
         if self.loss_scaler is not None:
             meta.update(loss_scaler_meta(self.loss_scaler, self.skipped_in_a_row))
-        return save_training_checkpoint(path, self.net, self.optimizer if with_optimizer else None, meta)
+        return save_training_checkpoint(path, self.net, self.optimizer if with_optimizer else None, meta,
+                                        self.ema_net)
 
     def _save_epoch(self, epoch, record):
         """The end of an epoch: best top-1; on rank 0 metrics.json, the epoch checkpoint, best.ckpt

@@ -19,6 +19,9 @@ from ..errors import UserError
 # prefixes, so that the same file loads into a bare network for evaluation and export.
 OPTIMIZER_PREFIX = 'optimizer.'
 META_PREFIX = 'meta.'
+# The weight EMA of a training checkpoint: the averaged parameters under their own names, prefixed.
+EMA_PREFIX = 'ema.'
+TRAINING_EXTRAS = (OPTIMIZER_PREFIX, META_PREFIX, EMA_PREFIX)
 PTH_SUFFIXES = ('.pth', '.pt', '.pth.tar')
 # Buffers of the official models that are constants here (built in __init__, not parameters).
 IGNORED_PTH_LEAVES = ('num_batches_tracked', 'relative_position_index', 'attn_mask')
@@ -83,10 +86,11 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=(), optional_prefixe
     keep their values.
     """
     params = read_checkpoint(path_or_dict) if isinstance(path_or_dict, str) else dict(path_or_dict)
-    # Optimizer state and metadata of training checkpoints are not the network's.
-    params = {k: v for k, v in params.items()
-              if not k.startswith((OPTIMIZER_PREFIX, META_PREFIX)) and not _starts(k, skip_prefixes)}
     own = {p.name: p for p in net.get_parameters() if not _starts(p.name, skip_prefixes)}
+    # Optimizer state, metadata and EMA weights of training checkpoints are not the network's (unless
+    # the network is the EMA's own, whose parameters carry the prefix).
+    params = {k: v for k, v in params.items()
+              if not (k.startswith(TRAINING_EXTRAS) and k not in own) and not _starts(k, skip_prefixes)}
     mismatched = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in params.items()
                   if k in own and tuple(v.shape) != tuple(own[k].shape)]
     missing = [k for k in own if k not in params and not _starts(k, optional_prefixes)]
@@ -236,15 +240,29 @@ def resize_bias_tables(params, net):
     return out, resized
 
 
-def load_weights(net, path, skip_prefixes=(), resize_windows=False):
+def ema_weights(params, path):
+    """The EMA weights of a training checkpoint's {name: value}, under the network's names."""
+    found = {k[len(EMA_PREFIX):]: v for k, v in params.items() if k.startswith(EMA_PREFIX)}
+    if not found:
+        raise CheckpointMismatchError(f'{path} has no EMA weights (it was not trained with ema: true, or it is '
+                                      'a converted checkpoint); leave out --use_ema')
+    return found
+
+
+def load_weights(net, path, skip_prefixes=(), resize_windows=False, use_ema=False):
     """Strictly load a MindSpore .ckpt or an official .pth (converted in memory; needs torch) into
     `net`, with the model's own skipped and optional prefixes (see the module docstring). With
     `resize_windows`, Swin bias tables of another window size are resized to the model's (to start
     training or a backbone from weights of another resolution); without it they are a mismatch, as
-    evaluation and export expect the weights of the model they build. Returns `net`."""
+    evaluation and export expect the weights of the model they build. With `use_ema`, the EMA
+    weights of a training checkpoint (CheckpointMismatchError if it has none). Returns `net`."""
     skip = tuple(skip_prefixes) + tuple(getattr(net, 'checkpoint_skip_prefixes', ()))
     optional = tuple(getattr(net, 'optional_checkpoint_prefixes', ()))
+    if use_ema and path.endswith(PTH_SUFFIXES):
+        raise CheckpointMismatchError(f'{path}: --use_ema needs a .ckpt trained here with ema: true')
     params = load_pth(path) if path.endswith(PTH_SUFFIXES) else read_checkpoint(path)
+    if use_ema:
+        params = ema_weights(params, path)
     resized = 0
     if resize_windows:
         # the tables have the same names in torch and here, so a .pth is resized before conversion

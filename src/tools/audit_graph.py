@@ -5,7 +5,9 @@ documentation supports there.
         [--graphs infer train_O0 train_O2] [--image_size N] [--jobs 2] [--formulation portable|cpu]
 
 For every model and graph (the exported inference graph, and the training step at amp O0 and O2 with
-loss scaling and clipping on, the optimizer of the model's shipped config), a fresh process builds the
+loss scaling, clipping and weight EMA on, the optimizer of the model's shipped config; at O2 with
+accumulation_steps 2, whose two graphs hold the same forward and backward plus the accumulation, so
+that both forms of the step are audited), a fresh process builds the
 model in the portable formulation (what every device but the CPU runs) at the smallest of AUDIT_SIZES
 it takes without padding (or at --image_size), compiles the graph on this machine's CPU with
 MindSpore's IR dump on (the training step is compiled, not run), and this process reads the
@@ -277,7 +279,7 @@ def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
     import src  # noqa: F401
 
     from ..engine.optim import build_optimizer
-    from ..engine.train_step import make_train_step
+    from ..engine.train_step import EMA_PREFIX, WeightEMA, make_train_step
     from ..engine.trainer import SoftTargetCrossEntropy
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -299,9 +301,15 @@ def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
     if amp_level != 'O0':
         net = ms.amp.auto_mixed_precision(net, amp_level)
     scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
-    step = make_train_step(net, SoftTargetCrossEntropy(), optimizer, scaler, cfg.clip_grad or 5.0)
+    _, average_net = _audit_model(arch, image_size, formulation)
+    average_net.update_parameters_name(EMA_PREFIX)
+    ema = WeightEMA(net, average_net, 0.9999)
+    accumulation_steps = 1 if amp_level == 'O0' else 2
+    step = make_train_step(net, SoftTargetCrossEntropy(), optimizer, scaler, cfg.clip_grad or 5.0,
+                           accumulation_steps=accumulation_steps, ema=ema)
     targets = Tensor(np.eye(10, dtype=np.float32)[[1, 2]])
-    step(images, targets)  # compiled only (PRECOMPILE_ENV)
+    step([(images, targets)] * accumulation_steps)  # compiled only (PRECOMPILE_ENV)
+    record['accumulation_steps'] = accumulation_steps
     return record
 
 
@@ -386,7 +394,9 @@ def main(argv=None):
                 for violation in violations:  # one report per primitive and reason, with its first node
                     groups.setdefault(violation[:2], []).append(violation)
                 status = 'ok' if not groups else f'{len(violations)} violation(s)'
-                print(f'{arch} {graph} ({record["image_size"]} px, {seconds:.0f} s) {target}: '
+                accumulation = record.get('accumulation_steps', 1)
+                label = f'{graph} x{accumulation}' if accumulation > 1 else graph
+                print(f'{arch} {label} ({record["image_size"]} px, {seconds:.0f} s) {target}: '
                       f'{len(nodes)} primitive nodes, {len({n.name for n in nodes})} primitives, {status}', flush=True)
                 for (prim, message), found in groups.items():
                     _, _, attrs, shapes, source = found[0]

@@ -67,7 +67,7 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
         train_step = make_train_step(net, nn.CrossEntropyLoss(), opt)
 
         def step():
-            loss, _, _ = train_step(images, labels)
+            loss, _, _ = train_step([(images, labels)])
             return loss
 
     def timed():

@@ -54,7 +54,7 @@ def load_predictor(cfg, checkpoint=None, mindir=None):
         return nn.GraphCell(ms.load(mindir))
     from src.models import build_model
     from src.models.weights import load_weights
-    net = load_weights(build_model(cfg), checkpoint)
+    net = load_weights(build_model(cfg), checkpoint, use_ema=cfg.use_ema)
     net.set_train(False)
     return net
 
