@@ -95,7 +95,8 @@ def reference_window_acmix(cell, x, mask):
     hd, n = c // nh, ws * ws
     qkv = x @ p['qkv.weight'].T + p['qkv.bias']  # (B, H, W, 3C)
     out = 0.0
-    if cell.use_att:
+    use_att, use_conv = getattr(cell, 'use_att', True), getattr(cell, 'use_conv', False)  # plain: attention only
+    if use_att:
         win = qkv.reshape(b, h // ws, ws, w // ws, ws, 3 * c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, n, 3 * c)
         win = win.reshape(-1, n, 3, nh, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = win[0] * hd ** -0.5, win[1], win[2]
@@ -108,7 +109,7 @@ def reference_window_acmix(cell, x, mask):
         y = (_softmax(att) @ v).transpose(0, 2, 1, 3).reshape(-1, n, c) @ p['proj.weight'].T + p['proj.bias']
         y = y.reshape(b, h // ws, w // ws, ws, ws, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
         out = y
-    if cell.use_conv:
+    if use_conv:
         f = qkv.reshape(b, h * w, 3 * nh, hd).transpose(0, 2, 1, 3)  # (B, 3nh, HW, hd)
         f = np.einsum('jc,bcpd->bjpd', p['fc.weight'][:, :, 0, 0], f) + p['fc.bias'][None, :, None, None]
         f = f.transpose(0, 3, 1, 2).reshape(b, hd * 9, h, w)
@@ -121,7 +122,7 @@ def reference_window_acmix(cell, x, mask):
                 for e in range(3):
                     conv[:, o] += np.einsum('i,bihw->bhw', wt[o, :, a, e], fp[:, g * 9:(g + 1) * 9, a:a + h, e:e + w])
         conv = conv.transpose(0, 2, 3, 1)
-        out = p['rate1'][0] * out + p['rate2'][0] * conv if cell.use_att else conv
+        out = p['rate1'][0] * out + p['rate2'][0] * conv if use_att else conv
     return out
 
 
@@ -138,6 +139,59 @@ def test_window_acmix_matches_numpy(paths, shifted, formulation):
     got = cell(Tensor(x), None if mask is None else Tensor(mask)).asnumpy()
     want = reference_window_acmix(cell, x.astype(np.float64), mask)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _official_window_attention(cell, x, mask):
+    """The official WindowAttention in MindSpore ops: qkv on the map, the 3C-wide qkv partitioned,
+    ops.matmul with an explicit swap of k, the bias and mask added by broadcasting."""
+    qkv = cell.qkv(x)
+    b, h, w, _ = qkv.shape
+    ws, nh, hd, c = cell.window_size, cell.num_heads, cell.head_dim, cell.dim
+    n = ws * ws
+    win = ops.transpose(window_partition(qkv, ws).reshape(-1, n, 3, nh, hd), (2, 0, 3, 1, 4))
+    attn = ops.matmul(win[0] * cell.scale, win[1].swapaxes(-2, -1))  # (B*nW, nh, N, N)
+    bias = cell.relative_position_bias_table[cell.relative_position_index].view(n, n, nh)
+    attn = attn + ops.transpose(bias, (2, 0, 1)).expand_dims(0)
+    if mask is not None:
+        nw = mask.shape[0]
+        attn = (attn.view(-1, nw, nh, n, n) + mask.view(1, nw, 1, n, n)).view(-1, nh, n, n)
+    out = ops.matmul(ops.softmax(attn, axis=-1), win[2]).swapaxes(1, 2).reshape(-1, n, c)
+    return window_reverse(cell.proj(out), ws, h, w)
+
+
+@pytest.mark.parametrize('shifted', [True, False])
+def test_plain_window_attention_matches_numpy_and_the_official_gradients(shifted):
+    """The plain attention partitions the C-wide input and transposes k by the matmul's flag: the
+    NumPy forward of the official equations, and the gradients of its formulation in ops, up to
+    fp32 rounding (the same products, summed in another order in the backward matmuls)."""
+    rng = np.random.default_rng(1)
+    cell = WindowAttention(8, 4, 2)
+    for prm in cell.get_parameters():
+        prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
+    cell.set_train(False)
+    x = rng.normal(size=(2, 8, 12, 8)).astype(np.float32)
+    mask = shifted_window_mask(8, 12, 4, 2) if shifted else None
+    mask_t = None if mask is None else Tensor(mask)
+    got = cell(Tensor(x), mask_t).asnumpy()
+    np.testing.assert_allclose(got, reference_window_acmix(cell, x.astype(np.float64), mask), rtol=1e-4, atol=1e-4)
+
+    cot = Tensor(rng.normal(size=got.shape).astype(np.float32))
+    params = cell.trainable_params()
+
+    def grads(forward):
+        def loss(inp):
+            return (forward(inp) * cot).sum()
+        dx, dparams = ms.jit(ms.grad(loss, grad_position=0, weights=params))(Tensor(x))
+        return [dx.asnumpy()] + [g.asnumpy() for g in dparams]
+
+    def ours(inp):
+        return cell(inp, mask_t)
+
+    def official(inp):
+        return _official_window_attention(cell, inp, mask_t)
+
+    for name, g, r in zip(['x'] + [p.name for p in params], grads(ours), grads(official)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * np.abs(r).max(), err_msg=name)
 
 
 def test_plain_window_attention_has_no_conv_path():

@@ -1,4 +1,4 @@
-"""Which formulation the ACmix layers are built with, and the one place that picks the
+"""Which formulation the ACmix layers (and Swin's DropPath) are built with, and the one place that picks the
 implementation of their two hot parts (the local-window attention and the convolution path).
 
 * 'portable': ops that the MindSpore 2.10 API pages list for Ascend and GPU, within the constraints

@@ -64,19 +64,28 @@ class WindowAttention(nn.Cell):
         self.attn_drop = nn.Dropout(p=attn_drop)
         self.proj = dense(self.dim, self.dim)
         self._matmul_t = ops.MatMul(transpose_b=True)  # x @ W.T, as nn.Dense computes it
+        self.bmm = ops.BatchMatMul()
+        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
 
     def _window_attention(self, qkv, mask, out_scale=None):
         """qkv (B, H, W, 3C) -> attention output after proj, (B, H, W, C); multiplied by
         out_scale (a (1,) tensor) when given, folded into the proj weights."""
         _, h, w, _ = qkv.shape
+        ws = self.window_size
+        return window_reverse(self._attend(window_partition(qkv, ws), mask, out_scale), ws, h, w)
+
+    def _attend(self, win, mask, out_scale=None):
+        """win (B*nW, N, 3C), the qkv of each window in window_partition's order -> the attention
+        output after proj, (B*nW, N, C), multiplied by out_scale as in _window_attention."""
         ws, nh, hd = self.window_size, self.num_heads, self.head_dim
         n = ws * ws
-        win = window_partition(qkv, ws)  # (B*nW, N, 3C)
         bw = win.shape[0]
         win = ops.transpose(win.reshape(bw, n, 3, nh, hd), (2, 0, 3, 1, 4))  # (3, B*nW, nh, N, hd)
         q, k, v = ops.unbind(win, 0)
-        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))  # (B*nW, nh, N, N)
+        # k enters transposed through the matmul's flag, not a Transpose: on CPU a Transpose keeps
+        # a table of 8 bytes per element for the graph's life, and so would its gradient's.
+        attn = self.bmm_nt(q * self.scale, k)  # (B*nW, nh, N, N)
         # The relative bias (and the shift mask) are added with BiasAdd over a flattened attn,
         # not with a broadcasting Add: on CPU a broadcasting Add/Mul builds two output-sized
         # index tables (16 B per element, kept for the graph's life) and is several times
@@ -92,16 +101,22 @@ class WindowAttention(nn.Cell):
             bias = bias.expand_dims(0) + mask.view(nw, 1, n, n).astype(attn.dtype)
             attn = self.bias_add(attn.reshape(bw // nw, nw * nh * n * n), bias.reshape(-1))
         attn = self.attn_drop(ops.softmax(attn.reshape(bw, nh, n, n), axis=-1))
-        out = ops.matmul(attn, v).swapaxes(1, 2).reshape(bw * n, self.dim)  # (B*nW*N, C)
+        out = self.bmm(attn, v).swapaxes(1, 2).reshape(bw * n, self.dim)  # (B*nW*N, C)
         if out_scale is None:
             out = self.proj(out)
         else:  # out_scale * proj(out), with the scale on the (C, C) weights, not on the activations
             weight, bias = self.proj.weight * out_scale, self.proj.bias * out_scale
             out = self.bias_add(self._matmul_t(out, weight.astype(out.dtype)), bias.astype(out.dtype))
-        return window_reverse(out.reshape(bw, n, self.dim), ws, h, w)
+        return out.reshape(bw, n, self.dim)
 
     def construct(self, x, mask=None):
-        return self.proj_drop(self._window_attention(self.qkv(x), mask))
+        _, h, w, _ = x.shape
+        ws = self.window_size
+        # The C-wide input is partitioned, not the 3C-wide qkv as in the official code: the
+        # per-token qkv commutes with the partition, and the Transposes (8 bytes per element
+        # kept on CPU) then move a third of the data.
+        win = window_partition(x, ws)  # (B*nW, N, C)
+        return self.proj_drop(window_reverse(self._attend(self.qkv(win), mask), ws, h, w))
 
 
 class WindowAttentionACmix(WindowAttention):

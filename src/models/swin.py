@@ -4,7 +4,15 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from ..layers import DropPath, WindowAttention, WindowAttentionACmix, roll_hw, shifted_window_mask
+from ..layers import (
+    GELU,
+    DropPath,
+    WindowAttention,
+    WindowAttentionACmix,
+    resolve_formulation,
+    roll_hw,
+    shifted_window_mask,
+)
 from ..layers.padding import zero_pad_axis
 from ..layers.window_acmix import dense
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
@@ -52,7 +60,7 @@ class Mlp(nn.Cell):
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
         self.fc1 = dense(dim, hidden)
-        self.act = nn.GELU(approximate=False)  # exact (erf) GELU, as torch's default
+        self.act = GELU()  # exact (erf), as torch's default
         self.fc2 = dense(hidden, dim)
         self.drop = nn.Dropout(p=drop)
 
@@ -72,7 +80,7 @@ class SwinBlock(nn.Cell):
 
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0,
-                 acmix=True, **acmix_kwargs):
+                 acmix=True, formulation='portable', **acmix_kwargs):
         super().__init__()
         self.resolution = resolution
         side = min(resolution)
@@ -83,10 +91,12 @@ class SwinBlock(nn.Cell):
         self.padded_resolution = (_ceil_div(h, window_size) * window_size, _ceil_div(w, window_size) * window_size)
         self.pad = (self.padded_resolution[0] - h, self.padded_resolution[1] - w)
         self.norm1 = layer_norm(dim)
+        if acmix:
+            acmix_kwargs['formulation'] = formulation
         attn_cls = WindowAttentionACmix if acmix else WindowAttention
         self.attn = attn_cls(dim, window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
                              attn_drop=attn_drop, proj_drop=drop, **acmix_kwargs)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path, formulation) if drop_path > 0 else nn.Identity()
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.attn_mask = None
@@ -184,8 +194,8 @@ class SwinTransformer(nn.Cell):
     back, as in the official Swin detection backbone; sizes that need no padding (224 at window 7)
     compute exactly the official classification model. Absolute position embedding is not supported
     (the official ACmix models do not use it). `formulation` ('portable', 'cpu' or None: the device
-    target decides, see src/layers/formulation.py) applies to the ACmix layers; it has no effect on
-    the plain Swin.
+    target decides, see src/layers/formulation.py) picks the ACmix layers' convolution path and how
+    DropPath applies its mask, in the ACmix and the plain Swin.
 
     features_only: instead of logits, construct returns a tuple of NCHW maps, one per stage in
     `out_indices` (each stage's output before its patch merging, normalised by a LayerNorm of its
@@ -209,8 +219,7 @@ class SwinTransformer(nn.Cell):
         self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(p=drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
-        acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift,
-                            formulation=formulation) if acmix else {}
+        acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift) if acmix else {}
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
         layers = []
         for i, depth in enumerate(depths):
@@ -219,7 +228,7 @@ class SwinTransformer(nn.Cell):
                 dims[i], self.resolutions[i], depth, num_heads[i], window_size,
                 dpr[start:start + depth], downsample=i < len(depths) - 1, mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
-                acmix=acmix, **acmix_kwargs))
+                acmix=acmix, formulation=resolve_formulation(formulation), **acmix_kwargs))
         self.layers = nn.CellList(layers)
         # whether some map is zero-padded: not a size the official classification model takes
         pads = [self.patch_embed.pad] + [cell.pad for layer in layers for cell in

@@ -200,7 +200,8 @@ def main(argv=None):
     parser.add_argument('--image_size', type=int, default=224)
     parser.add_argument('--device_target', default='CPU', choices=['CPU', 'GPU', 'Ascend'])
     parser.add_argument('--formulation', default=None, choices=['cpu', 'portable'],
-                        help='of the ACmix layers (default: the device target decides, src/layers/formulation.py)')
+                        help=('of the ACmix layers and Swin DropPath '
+                              '(default: the device target decides, src/layers/formulation.py)'))
     parser.add_argument('--warmup', type=int, default=2,
                         help='untimed steps; the first (first_step_s) includes compilation')
     parser.add_argument('--steps', type=int, default=5, help='timed steps; the median is reported')
