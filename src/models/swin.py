@@ -76,11 +76,12 @@ class SwinBlock(nn.Cell):
     224 px the last stage is one 7x7 window). Otherwise a side the window does not divide is
     zero-padded at the bottom/right after norm1, shifted, attended and cropped back, as in the
     official Swin detection backbone (which has no such rule); the shift mask is built for the
-    padded size."""
+    padded size. formulation ('portable', 'cpu' or None: the device target decides) applies to the
+    ACmix attention and to DropPath."""
 
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0,
-                 acmix=True, formulation='portable', **acmix_kwargs):
+                 acmix=True, formulation=None, **acmix_kwargs):
         super().__init__()
         self.resolution = resolution
         side = min(resolution)
