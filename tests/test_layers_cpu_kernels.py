@@ -13,6 +13,7 @@ from src.layers import ConvolutionPath, WindowAttentionACmix
 from src.layers.cpu import kernels as cpu_kernels
 from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
 from src.layers.cpu.kernels import SOURCE, build_library, conv_path_ops, kernels_enabled
+from src.layers.window_ops import shifted_window_mask, window_partition
 
 needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler (g++) on PATH')
 
@@ -61,6 +62,51 @@ def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
     got, want = run(_FusedKernel(*kernels)), run(_OfficialConvPath(num_heads, k))
     for name, g, r in zip(['out', 'qkv', 'fc_w', 'fc_b', 'dep_w'], got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
+
+
+@needs_compiler
+@pytest.mark.parametrize('b,h,w,ws,dim,num_heads', [
+    (2, 8, 12, 4, 24, 2),   # windows narrower than a register block of 8 pixels
+    (1, 14, 7, 7, 36, 3),   # Swin's 7x7 windows, two windows of a column
+])
+def test_conv_path_kernel_reads_window_partitioned_maps(b, h, w, ws, dim, num_heads):
+    """The kernel on a window-partitioned qkv, (B, H/ws, W/ws, ws*ws, 3C), gives the convolution of
+    the whole map, the same values bit for bit, and the partitioned qkv gradient."""
+    kernels = conv_path_ops(3)
+    rng = np.random.default_rng(0)
+    args = [Tensor(rng.normal(size=shape).astype(np.float32)) for shape in
+            ((b, h, w, 3 * dim), (9, 3 * num_heads), (9,), (dim, 9, 3, 3))]
+    cot = Tensor(rng.normal(size=(b, h, w, dim)).astype(np.float32))
+
+    def windows(x):  # (B, H, W, C) -> (B, H/ws, W/ws, ws*ws, C)
+        return window_partition(x, ws).view(b, h // ws, w // ws, ws * ws, x.shape[-1])
+
+    def run(qkv, cot):
+        net = _FusedKernel(*kernels)
+
+        def loss(*inputs):
+            return (net(*inputs) * cot).sum()
+        grads = ms.jit(ms.grad(loss, grad_position=(0, 1, 2, 3)))(qkv, *args[1:])
+        return [net(qkv, *args[1:])] + list(grads)
+
+    whole, windowed = run(args[0], cot), run(windows(args[0]), cot)
+    assert windowed[0].shape == (b, h, w, dim) and windowed[1].shape == (b, h // ws, w // ws, ws * ws, 3 * dim)
+    for name, g, r in zip(['out', 'qkv', 'fc_w', 'fc_b', 'dep_w'], windowed, whole):
+        r = windows(r) if name == 'qkv' else r
+        np.testing.assert_array_equal(g.asnumpy(), r.asnumpy(), err_msg=name)
+
+
+@needs_compiler
+def test_windowed_layer_under_mixed_precision_runs_the_portable_path_on_the_whole_map():
+    layer = WindowAttentionACmix(24, 4, 2, formulation='cpu')
+    assert layer.windowed
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 24)).astype(np.float32)
+    mask = Tensor(shifted_window_mask(8, 8, 4, 2))
+    want = layer(Tensor(x), mask).asnumpy()
+    layer.to_float(ms.float16)
+    got = layer(Tensor(x.astype(np.float16)), mask.astype(ms.float16))
+    assert got.dtype == ms.float16 and got.shape == want.shape
+    np.testing.assert_allclose(got.asnumpy().astype(np.float32), want, atol=1e-2 * np.abs(want).max())
 
 
 @needs_compiler

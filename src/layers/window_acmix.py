@@ -7,7 +7,9 @@ shape, so a block treats them alike. For the plain attention this is the usual S
 path (fc over the 3*heads q/k/v channels, then a shift-initialised grouped convolution) runs on the
 shifted map across window borders and the roll seam, unmasked, with zero padding; the output is
 `rate1 * proj(window_attention) + rate2 * conv`, then proj_drop. The convolution path comes in two
-formulations (`formulation.py`): portable ops, and a fused C++ kernel on CPU.
+formulations (`formulation.py`): portable ops, and a fused C++ kernel on CPU. The kernel also reads
+and writes window-partitioned maps, so there the layer partitions its C-wide input once and both paths
+share the qkv of the windows (per token the same values as qkv of the whole map).
 """
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -16,7 +18,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from .acmix import acmix_paths, check_odd, mixing_rates
 from .conv_path import shift_kernels
 from .formulation import convolution_path, resolve_formulation
-from .window_ops import relative_position_index, window_partition, window_reverse
+from .window_ops import relative_position_index, window_partition, window_reverse_heads
 
 
 def dense(in_features, out_features, has_bias=True):
@@ -72,12 +74,12 @@ class WindowAttention(nn.Cell):
         """qkv (B, H, W, 3C) -> attention output after proj, (B, H, W, C); multiplied by
         out_scale (a (1,) tensor) when given, folded into the proj weights."""
         _, h, w, _ = qkv.shape
-        ws = self.window_size
-        return window_reverse(self._attend(window_partition(qkv, ws), mask, out_scale), ws, h, w)
+        return self._attend(window_partition(qkv, self.window_size), mask, h, w, out_scale)
 
-    def _attend(self, win, mask, out_scale=None):
-        """win (B*nW, N, 3C), the qkv of each window in window_partition's order -> the attention
-        output after proj, (B*nW, N, C), multiplied by out_scale as in _window_attention."""
+    def _attend(self, win, mask, h, w, out_scale=None):
+        """win (B*nW, N, 3C), the qkv of each window of an (H, W) map in window_partition's order ->
+        the attention output after proj on the whole map, (B, H, W, C), multiplied by out_scale as
+        in _window_attention."""
         ws, nh, hd = self.window_size, self.num_heads, self.head_dim
         n = ws * ws
         bw = win.shape[0]
@@ -101,22 +103,23 @@ class WindowAttention(nn.Cell):
             bias = bias.expand_dims(0) + mask.view(nw, 1, n, n).astype(attn.dtype)
             attn = self.bias_add(attn.reshape(bw // nw, nw * nh * n * n), bias.reshape(-1))
         attn = self.attn_drop(ops.softmax(attn.reshape(bw, nh, n, n), axis=-1))
-        out = self.bmm(attn, v).swapaxes(1, 2).reshape(bw * n, self.dim)  # (B*nW*N, C)
+        # The windows go back to the map with their heads merged in one Transpose, and proj (per
+        # token) runs on the map: one C-wide Transpose less than swapping heads and tokens first.
+        out = window_reverse_heads(self.bmm(attn, v), ws, h, w).reshape(-1, self.dim)  # (B*H*W, C)
         if out_scale is None:
             out = self.proj(out)
         else:  # out_scale * proj(out), with the scale on the (C, C) weights, not on the activations
             weight, bias = self.proj.weight * out_scale, self.proj.bias * out_scale
             out = self.bias_add(self._matmul_t(out, weight.astype(out.dtype)), bias.astype(out.dtype))
-        return out.reshape(bw, n, self.dim)
+        return out.reshape(-1, h, w, self.dim)
 
     def construct(self, x, mask=None):
         _, h, w, _ = x.shape
-        ws = self.window_size
         # The C-wide input is partitioned, not the 3C-wide qkv as in the official code: the
         # per-token qkv commutes with the partition, and the Transposes (8 bytes per element
         # kept on CPU) then move a third of the data.
-        win = window_partition(x, ws)  # (B*nW, N, C)
-        return self.proj_drop(window_reverse(self._attend(self.qkv(win), mask), ws, h, w))
+        win = window_partition(x, self.window_size)  # (B*nW, N, C)
+        return self.proj_drop(self._attend(self.qkv(win), mask, h, w))
 
 
 class WindowAttentionACmix(WindowAttention):
@@ -148,6 +151,11 @@ class WindowAttentionACmix(WindowAttention):
             self.dep_conv.weight.requires_grad = learnable_shift
             self.conv_path = convolution_path(self.formulation, num_heads, self.head_dim, dim, kernel_conv,
                                               channels_last=True)
+        # A convolution path that reads window-partitioned maps lets both paths share the qkv of the
+        # partitioned C-wide input, as the plain attention does; otherwise the 3C-wide qkv of the
+        # whole map is partitioned for the attention (on CPU a Transpose keeps a table of 8 bytes
+        # per element for the graph's life, and so does its gradient's).
+        self.windowed = self.use_att and self.use_conv and getattr(self.conv_path, 'accepts_windows', False)
         if self.use_att and self.use_conv:
             self.rate1, self.rate2 = mixing_rates()
 
@@ -156,7 +164,8 @@ class WindowAttentionACmix(WindowAttention):
             super()._init_attention(attn_drop)
 
     def _convolution(self, qkv, out_scale=None):
-        """The convolution path of qkv (B, H, W, 3C) on the whole (shifted) map -> (B, H, W, C),
+        """The convolution path of qkv (B, H, W, 3C) on the whole (shifted) map -> (B, H, W, C); when
+        windowed, qkv is window-partitioned, (B, H/ws, W/ws, N, 3C), and the output the same map,
         multiplied by out_scale (a (1,) tensor) when given, folded into the fc weights:
         conv(scale * f) == scale * conv(f), and the zero padding of f commutes with the scale."""
         k2 = self.kernel_conv * self.kernel_conv
@@ -166,6 +175,13 @@ class WindowAttentionACmix(WindowAttention):
         return self.conv_path(qkv, fc_weight, fc_bias, self.dep_conv.weight)
 
     def construct(self, x, mask=None):
+        if self.windowed:
+            b, h, w, c = x.shape
+            ws = self.window_size
+            qkv = self.qkv(window_partition(x, ws))  # (B*nW, N, 3C)
+            # (B, H/ws, W/ws, N, 3C) -> (B, H, W, C), the convolution of the whole map
+            conv = self._convolution(qkv.view(b, h // ws, w // ws, ws * ws, 3 * c), self.rate2)
+            return self.proj_drop(self._attend(qkv, mask, h, w, self.rate1) + conv)
         qkv = self.qkv(x)
         if self.use_att and self.use_conv:
             # rate1 * att + rate2 * conv, with each rate folded into that path's weights: a (1,)

@@ -34,6 +34,14 @@ def window_reverse(windows, window_size, h, w):
     return ops.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(-1, h, w, c)
 
 
+def window_reverse_heads(windows, window_size, h, w):
+    """(B * nW, heads, ws * ws, head_dim) -> (B, H, W, heads * head_dim): window_reverse of per-head
+    windows with the heads merged back into channels, in one Transpose instead of two."""
+    _, nh, _, hd = windows.shape
+    x = windows.view(-1, h // window_size, w // window_size, nh, window_size, window_size, hd)
+    return ops.transpose(x, (0, 1, 4, 2, 5, 3, 6)).reshape(-1, h, w, nh * hd)
+
+
 def relative_position_index(window_size):
     """(N, N) int32 index into the ((2ws-1)^2, heads) bias table, N = ws^2:
     index = (dh + ws - 1) * (2ws - 1) + (dw + ws - 1) for query i and key j."""

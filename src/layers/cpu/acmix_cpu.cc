@@ -18,8 +18,12 @@
 // Entry points (MindSpore aot signature; params are the inputs, then the outputs; float32):
 //   FcConvForward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> y (B, H, W, C)
 //     qkv channel i*hd + d (i < 3nh, d < hd = C / nh), as nn.Dense writes it; y token-major too.
-//   FcConvBackward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> dqkv, dfc_w, dfc_b, ddep_w
+//   FcConvBackward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> dqkv (qkv's shape), dfc_w, dfc_b, ddep_w
 //     Weight gradients are summed in double.
+// qkv (and so dqkv) may also come window-partitioned, (B, H / ws, W / ws, ws * ws, 3C) (Swin's
+// window_partition order, viewed with five axes); y and dy are the whole map (B, H, W, C) either way.
+// Only qkv's token addresses differ, so the results are the same values: the Swin layer feeds the qkv
+// of its windows, which its attention uses too, and never partitions the 3C-wide map.
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -146,23 +150,41 @@ inline void conv_block(const float *xp, int64_t plane, const float *w, int64_t w
   }
 }
 
-// The shapes of a call, from qkv (B, H, W, 3C), fc_w (k2, 3nh) and dep_w (C, k2, K, K).
+// The shapes of a call, from qkv (B, H, W, 3C) or (B, H / ws, W / ws, ws * ws, 3C), fc_w (k2, 3nh)
+// and dep_w (C, k2, K, K); ok is false for a window axis that is not a square.
 struct Dims {
-  int64_t B, H, W, C3, C, I, hd, nh, k2, K;
-  Dims(int64_t **shapes) {
-    B = shapes[0][0]; H = shapes[0][1]; W = shapes[0][2]; C3 = shapes[0][3];
+  int64_t B, H, W, C3, C, I, hd, nh, k2, K, ws, Wn;  // Wn: windows per row
+  bool ok = true;
+  Dims(const int *ndims, int64_t **shapes) {
+    B = shapes[0][0];
+    if (ndims[0] == 5) {
+      const int64_t n = shapes[0][3];
+      ws = 1;
+      while (ws * ws < n) ++ws;
+      ok = ws * ws == n;
+      H = shapes[0][1] * ws; W = shapes[0][2] * ws; C3 = shapes[0][4];
+    } else {
+      ws = 1; H = shapes[0][1]; W = shapes[0][2]; C3 = shapes[0][3];
+    }
+    Wn = W / ws;
     k2 = shapes[1][0]; I = shapes[1][1]; C = shapes[3][0]; K = shapes[3][2];
     hd = C3 / I; nh = C / hd;
   }
+  // index of pixel (r, c) among its image's H * W qkv tokens (r * W + c when not partitioned)
+  int64_t qkv_token(int64_t r, int64_t c) const {
+    return ((r / ws) * Wn + c / ws) * ws * ws + (r % ws) * ws + c % ws;
+  }
 };
 
-// The qkv rows of `nv` (<= 8) consecutive pixels starting at `q0`, transposed into the channel-major
-// block qt (8 floats per channel, in L1); lanes past nv are zero.
-void load_pixel_block(const float *q0, int64_t C3, int64_t nv, float *qt) {
-  for (int64_t v = 0; v < nv; ++v)
-    for (int64_t ch = 0; ch < C3; ++ch) qt[ch * 8 + v] = q0[v * C3 + ch];
+// The qkv rows of the `nv` (<= 8) pixels (r, c0 + v) of one image's map q, transposed into the
+// channel-major block qt (8 floats per channel, in L1); lanes past nv are zero.
+void load_pixel_block(const Dims &s, const float *q, int64_t r, int64_t c0, int64_t nv, float *qt) {
+  for (int64_t v = 0; v < nv; ++v) {
+    const float *row = q + s.qkv_token(r, c0 + v) * s.C3;
+    for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = row[ch];
+  }
   for (int64_t v = nv; v < 8; ++v)
-    for (int64_t ch = 0; ch < C3; ++ch) qt[ch * 8 + v] = 0.f;
+    for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = 0.f;
 }
 
 // Padded f planes of one image, fpad (hd*k2 planes of grid.plane floats):
@@ -178,7 +200,7 @@ void build_f(const Dims &s, const Grid &grid, const float *qkv_b, const float *f
   for (int64_t r = 0; r < s.H; ++r)
     for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
       const int64_t nv = std::min<int64_t>(8, s.W - c0);
-      load_pixel_block(qkv_b + (r * s.W + c0) * s.C3, s.C3, nv, qt.data());
+      load_pixel_block(s, qkv_b, r, c0, nv, qt.data());
       const int64_t pos = (r + grid.P) * grid.Wp + c0 + grid.P;
       for (int64_t j = 0; j < s.k2; ++j) {
         const float *wj = fc_w + j * s.I;
@@ -221,12 +243,13 @@ void conv_group(const float *xp, int64_t plane, const float *w, int64_t ipg, int
 extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                              void *stream, void *extra) {
   if (nparam != 5) return 1;
+  const Dims s(ndims, shapes);
+  if (!s.ok) return 1;
   const float *qkv = static_cast<const float *>(params[0]);
   const float *fc_w = static_cast<const float *>(params[1]);
   const float *fc_b = static_cast<const float *>(params[2]);
   const float *dep_w = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
-  const Dims s(shapes);
   const Grid grid(s.H, s.W, s.K);
   const int64_t img = s.hd * s.k2 * grid.plane, nthreads = std::min(num_threads(), s.B);
   const std::vector<int64_t> off = grid.tap_offsets();
@@ -250,6 +273,8 @@ extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **sh
 extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                               void *stream, void *extra) {
   if (nparam != 9 || shapes[1][0] > kMaxTaps) return 1;  // cpu_kernels.MAX_KERNEL_SIZE keeps k2 in bound
+  const Dims s(ndims, shapes);
+  if (!s.ok) return 1;
   const float *qkv = static_cast<const float *>(params[0]);
   const float *fc_w = static_cast<const float *>(params[1]);
   const float *fc_b = static_cast<const float *>(params[2]);
@@ -259,7 +284,6 @@ extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **s
   float *dfc_w = static_cast<float *>(params[6]);
   float *dfc_b = static_cast<float *>(params[7]);
   float *ddep_w = static_cast<float *>(params[8]);
-  const Dims s(shapes);
   const Grid grid(s.H, s.W, s.K);
   const int64_t KK = s.K * s.K, HW = s.H * s.W;
   const int64_t fimg = s.hd * s.k2 * grid.plane, dimg = s.C * grid.plane, gimg = s.hd * s.k2 * grid.len;
@@ -327,11 +351,11 @@ extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **s
     v8 *aw = reinterpret_cast<v8 *>(fc_acc.data()) + tid * nfc;  // dfc_w then dfc_b, one v8 each
     for (int64_t r = 0; r < s.H; ++r)
       for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
-        const int64_t nv = std::min<int64_t>(8, s.W - c0), tok = (b * s.H + r) * s.W + c0;
+        const int64_t nv = std::min<int64_t>(8, s.W - c0);
         const float *dfp = df + r * grid.Wp + c0;
         // in a short last block the lanes past the row end hold garbage df: zero qkv there keeps it
         // out of dfc_w, the mask out of dfc_b
-        load_pixel_block(qkv + tok * s.C3, s.C3, nv, qt);
+        load_pixel_block(s, qkv + b * HW * s.C3, r, c0, nv, qt);
         v8 valid = {};
         for (int64_t v = 0; v < nv; ++v) valid[v] = 1.f;
         for (int64_t d = 0; d < s.hd; ++d) {
@@ -349,7 +373,7 @@ extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **s
           }
         }
         for (int64_t v = 0; v < nv; ++v) {
-          float *dq = dqkv + (tok + v) * s.C3;
+          float *dq = dqkv + (b * HW + s.qkv_token(r, c0 + v)) * s.C3;
           for (int64_t ch = 0; ch < s.C3; ++ch) dq[ch] = dqt[ch * 8 + v];
         }
       }

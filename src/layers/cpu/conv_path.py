@@ -5,12 +5,15 @@ the portable `..conv_path.ConvolutionPath`: construct(qkv, fc_weight, fc_bias, d
   (both linear) as one batched matmul and a fold (Col2Im); as a grouped Conv2D, dep_conv's weight
   gradient alone costs more on CPU than all the rest of the layer.
 * Swin layout (qkv token-major NHWC): KernelConvolutionPath, one hand-written C++ kernel pair
-  (`kernels.py`, `acmix_cpu.cc`), float32; other dtypes run the portable path.
+  (`kernels.py`, `acmix_cpu.cc`), float32; other dtypes run the portable path. It also takes the
+  qkv window-partitioned (`accepts_windows`), so the Swin layer partitions its C-wide input once for
+  both paths instead of partitioning the 3C-wide qkv.
 """
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..window_ops import window_reverse
 from .local_attention import _eye, _SwapLastAxes
 
 
@@ -83,8 +86,12 @@ class _FusedKernel(nn.Cell):
 
 class KernelConvolutionPath(nn.Cell):
     """The convolution path of the Swin layer as the fused CPU kernel: qkv (B, H, W, 3C) token-major,
-    fc_weight (k2, 3nh), fc_bias (k2,), dep_weight (C, k2, k, k) -> (B, H, W, C). The kernel is
-    float32; under mixed precision the path runs `fallback` (the portable path)."""
+    fc_weight (k2, 3nh), fc_bias (k2,), dep_weight (C, k2, k, k) -> (B, H, W, C). qkv may also be
+    window-partitioned, (B, H / ws, W / ws, ws * ws, 3C) (window_partition's order): the output is the
+    same convolution of the whole map. The kernel is float32; under mixed precision the path runs
+    `fallback` (the portable path) on the whole qkv map."""
+
+    accepts_windows = True
 
     def __init__(self, kernel_ops, fallback):
         super().__init__()
@@ -92,6 +99,10 @@ class KernelConvolutionPath(nn.Cell):
         self.fallback = fallback
 
     def construct(self, qkv, fc_weight, fc_bias, dep_weight):
-        if qkv.dtype != ms.float32:
-            return self.fallback(qkv, fc_weight, fc_bias, dep_weight)
-        return self.kernel(qkv, fc_weight, fc_bias, dep_weight)
+        if qkv.dtype == ms.float32:
+            return self.kernel(qkv, fc_weight, fc_bias, dep_weight)
+        if qkv.ndim == 5:
+            _, hn, wn, n, c3 = qkv.shape
+            ws = int(round(n ** 0.5))
+            qkv = window_reverse(qkv.view(-1, n, c3), ws, hn * ws, wn * ws)  # (B, H, W, 3C)
+        return self.fallback(qkv, fc_weight, fc_bias, dep_weight)

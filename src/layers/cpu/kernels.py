@@ -18,6 +18,7 @@ kernels run one image per thread on as many threads as the process may use (its 
 """
 import contextlib
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -93,6 +94,17 @@ def _library():
     return _state['library']
 
 
+def map_size(qkv_shape):
+    """(B, H, W) of a qkv shape, (B, H, W, 3C) or window-partitioned (B, H / ws, W / ws, ws * ws, 3C)."""
+    if len(qkv_shape) == 4:
+        return tuple(qkv_shape[:3])
+    b, hn, wn, n = qkv_shape[:4]
+    ws = math.isqrt(n)
+    if ws * ws != n:
+        raise ValueError(f'a window-partitioned qkv needs a square window axis, got {n} tokens per window')
+    return b, hn * ws, wn * ws
+
+
 def conv_path_ops(kernel_size):
     """(forward, backward) Custom ops of the fused Swin ACmix convolution path for a
     kernel_size x kernel_size convolution, or None when the kernels are off, the device is not
@@ -100,6 +112,8 @@ def conv_path_ops(kernel_size):
 
     forward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
     backward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> gradients of the four inputs
+    qkv may instead be window-partitioned, (B, H / ws, W / ws, ws * ws, 3C); the output is the whole map
+    (B, H, W, C) either way.
     """
     if not _state['enabled'] or kernel_size > MAX_KERNEL_SIZE or ms.get_context('device_target') != 'CPU':
         return None
@@ -107,7 +121,7 @@ def conv_path_ops(kernel_size):
     if library is None:
         return None
     forward = ops.Custom(f'{library}:FcConvForward', func_type='aot',
-                         out_shape=lambda qkv, fc_w, fc_b, dep_w: (*qkv[:3], dep_w[0]),
+                         out_shape=lambda qkv, fc_w, fc_b, dep_w: (*map_size(qkv), dep_w[0]),
                          out_dtype=lambda qkv, fc_w, fc_b, dep_w: qkv)
     backward = ops.Custom(f'{library}:FcConvBackward', func_type='aot',
                           out_shape=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w),
