@@ -3,8 +3,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
-from src.tools.benchmark import KEYS, combine_rounds, compile_seconds, format_ratios
+from src.errors import UserError
+from src.tools import benchmark
+from src.tools.benchmark import KEYS, OFFICIAL_MODELS, combine_rounds, compile_seconds, format_ratios, format_table
 
 
 def test_benchmark_smoke(tmp_path):
@@ -50,3 +54,92 @@ def test_compile_seconds_reads_mindspore_compile_events():
     assert compile_seconds(log) == 1.6  # 1.50025 + 0.1, to the ms
     assert compile_seconds('no events here') is None
     assert compile_seconds(event('23:59:58.250.000', 'Start')) is None  # never finished
+
+
+def test_benchmark_official_smoke(tmp_path):
+    pytest.importorskip('torch')
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run([sys.executable, '-m', 'src.tools.benchmark', '--arch', 'acmix_swin_mini', '--mode', 'infer',
+                           'train', '--batch_size', '2', '--image_size', '32', '--warmup', '1', '--steps', '1',
+                           '--threads', '2', '--official', '--json', str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(out.read_text())
+    # each mode's official run right after ours, the records arch by arch
+    assert [(r['arch'], r['mode']) for r in records] == [
+        ('acmix_swin_mini', 'infer'), ('acmix_swin_mini', 'train'),
+        ('official:acmix_swin_mini', 'infer'), ('official:acmix_swin_mini', 'train')]
+    assert proc.stderr.index('official:acmix_swin_mini infer') < proc.stderr.index('acmix_swin_mini train')
+    for r in records:
+        assert tuple(r) == KEYS and r['step_s'] > 0 and r['peak_rss_gb'] > 0.1 and r['image_size'] == 32
+        assert (r['compile_s'] is None) == r['arch'].startswith('official:')
+    assert 'threads per worker: 2 ' in proc.stdout
+    assert 'acmix_swin_mini / official:acmix_swin_mini train: throughput x' in proc.stdout
+    assert 'acmix_swin_mini / official:acmix_swin_mini infer: throughput x' in proc.stdout
+
+
+def test_official_worker_uses_the_given_threads():
+    torch = pytest.importorskip('torch')
+    before = torch.get_num_threads()
+    try:
+        record = benchmark.run_official('swin_mini', 'train', 2, 32, warmup=1, steps=1, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert tuple(record) == KEYS and record['arch'] == 'official:swin_mini' and record['compile_s'] is None
+
+
+def test_official_models_are_the_registered_configurations():
+    """The same trainable parameters and stochastic-depth rates as our model, so that the official run
+    does the same work."""
+    pytest.importorskip('torch')
+    from src.layers.drop_path import DropPath
+    from src.models import create_model, list_models, size_overrides
+    assert set(OFFICIAL_MODELS) <= set(list_models())
+    for arch in OFFICIAL_MODELS:
+        size = 32 if arch.endswith('_mini') else 224
+        ours = create_model(arch, num_classes=1000, **size_overrides(arch, size))
+        theirs = benchmark.build_official(arch, size)
+        assert (sum(p.size for p in ours.trainable_params())
+                == sum(p.numel() for p in theirs.parameters() if p.requires_grad)), arch
+        rates = [1 - c.keep_prob for _, c in ours.cells_and_names() if isinstance(c, DropPath)]
+        official = [m.p for m in theirs.modules() if type(m).__name__ == 'DropPath']
+        assert rates == pytest.approx(official, abs=1e-6), arch
+
+
+def test_ratios_pair_each_model_with_its_official_formulation():
+    def rec(arch, mode, step, peak, compile_s=1.0):
+        return dict(arch=arch, mode=mode, batch_size=8, image_size=224, compile_s=compile_s, first_step_s=2.0,
+                    step_s=step, images_per_s=8 / step, peak_rss_gb=peak)
+    rounds = [[rec('acmix_model_x', 'train', 2.0, 3.0), rec('official:acmix_model_x', 'train', s, 2.0, None),
+               rec('model_x', 'train', 1.0, 1.0), rec('official:model_x', 'infer', 1.0, 1.0, None)]
+              for s in (1.0, 4.0, 3.0)]
+    merged = combine_rounds(rounds)
+    assert merged[1]['compile_s'] is None and merged[1]['step_s'] == 3.0
+    # throughput: ours over official, so 1.5 means ours is faster; model_x has no official run in its mode
+    assert format_ratios(merged, rounds).splitlines() == [
+        'acmix_model_x / model_x train: step time x2.00, peak memory x3.00; '
+        'per-round step time x2.00 to x2.00, median x2.00',
+        'acmix_model_x / official:acmix_model_x train: throughput x1.50, peak memory x1.50; '
+        'per-round throughput x0.50 to x2.00, median x1.50']
+    head, _, _, official, *_ = format_table(merged).splitlines()
+    assert official.split()[:2] == ['official:acmix_model_x', 'train'] and official.split()[4] == '-'
+    assert official.index('train') == head.index('mode')  # the arch column fits the longest name
+
+
+def test_official_errors_before_anything_runs(monkeypatch, tmp_path):
+    with pytest.raises(UserError, match='none of resnet_mini has an official formulation'):
+        benchmark.check_official(['resnet_mini'], 'CPU')
+    with pytest.raises(UserError, match='CPU only'):
+        benchmark.check_official(['swin_mini'], 'GPU')
+    monkeypatch.setattr(benchmark, 'TORCH_REFERENCE', str(tmp_path / 'torch_reference.py'))
+    with pytest.raises(UserError, match='torch_reference.py, which is missing'):
+        benchmark.check_official(['swin_mini'], 'CPU')
+    find_spec = benchmark.importlib.util.find_spec
+    monkeypatch.setattr(benchmark.importlib.util, 'find_spec',
+                        lambda name, *rest: None if name == 'torch' else find_spec(name, *rest))
+    ran = []
+    monkeypatch.setattr(benchmark, 'run_isolated', lambda *args: ran.append(args))
+    with pytest.raises(UserError, match='PyTorch, which is not installed'):
+        benchmark.main(['--arch', 'swin_mini', '--official'])
+    assert not ran

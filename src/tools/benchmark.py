@@ -1,8 +1,8 @@
 """Speed and peak memory of models in graph mode, each (arch, mode) in a fresh process.
 
     python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
-        --batch_size 8 --image_size 224 [--device_target CPU] [--formulation cpu|portable] [--steps 5] \
-        [--rounds 3] [--json out.json]
+        --batch_size 8 --image_size 224 [--device_target CPU] [--formulation cpu|portable] [--steps 5] \\
+        [--rounds 3] [--threads 2] [--official] [--json out.json]
 
 Each run builds the model, compiles and runs `--warmup` steps, then times `--steps` steps and
 reports the median. compile_s is graph compilation alone, the time between MindSpore's own "Start
@@ -14,8 +14,17 @@ vary between runs and machines; compare architectures side by side in one run (w
 runs are interleaved and medians reported), and the printed acmix_X / X ratios do that. Within a
 round the models run mode by mode, so an ACmix model listed next to its plain twin runs back to back
 with it; with several rounds the ratio lines also give the spread of these per-round ratios.
+
+--official also times the official formulation in PyTorch (the test-only re-implementation
+tests/torch_reference.py; needs torch, CPU only) of each listed model that has one, as
+`official:<arch>` in a fresh process of its own, right after our model in the same mode, and prints
+<arch> / official:<arch> throughput ratios (above 1: ours is faster). Every worker uses --threads
+threads: MindSpore's CPU kernels and the ACmix C++ kernels, or PyTorch's intra-op pool. A PyTorch
+run has no graph to compile: its compile_s is None, and its peak memory, like ours, includes the
+framework's own libraries.
 """
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -25,7 +34,7 @@ import sys
 import time
 from datetime import datetime
 
-from src.errors import ArgumentParser
+from src.errors import ArgumentParser, UserError
 from src.fileio import write_text
 from src.tools.cli import run_main
 
@@ -38,11 +47,36 @@ COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) 
                            r'.*PrintEventMessage\] (Start|End) compiling ')
 # Worker environment that makes MindSpore log those events (and only its PIPELINE module at INFO) to stderr
 COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OFFICIAL_PREFIX = 'official:'
+# Test-only code, imported by path and only by an official worker: without --official neither it nor
+# torch is needed.
+TORCH_REFERENCE = os.path.join(ROOT, 'tests', 'torch_reference.py')
+_SWIN_MINI = dict(patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
+                  drop_path_rate=0.1)
+# arch -> (builder in tests/torch_reference.py, its arguments): the configuration of the registered
+# model (src/models/resnet.py, swin.py), drop_path_rate included, so that training does the same
+# work. The ResNet minis have none: their 'small' stem is not in the official ResNet.
+OFFICIAL_MODELS = {
+    'acmix_resnet26': ('acmix_resnet', dict(layers=[1, 2, 4, 1])),
+    'acmix_resnet38': ('acmix_resnet', dict(layers=[2, 3, 5, 2])),
+    'acmix_resnet50': ('acmix_resnet', dict(layers=[3, 4, 6, 3])),
+    'resnet26': ('resnet_plain', dict(layers=[1, 2, 4, 1])),
+    'resnet38': ('resnet_plain', dict(layers=[2, 3, 5, 2])),
+    'resnet50': ('resnet_plain', dict(layers=[3, 4, 6, 3])),
+    'acmix_swin_tiny': ('swin', dict(acmix=True, drop_path_rate=0.2)),
+    'acmix_swin_small': ('swin', dict(acmix=True, depths=(2, 2, 18, 2), drop_path_rate=0.3)),
+    'swin_tiny': ('swin', dict(acmix=False, drop_path_rate=0.2)),
+    'swin_small': ('swin', dict(acmix=False, depths=(2, 2, 18, 2), drop_path_rate=0.3)),
+    'acmix_swin_mini': ('swin', dict(acmix=True, **_SWIN_MINI)),
+    'swin_mini': ('swin', dict(acmix=False, **_SWIN_MINI)),
+}
 
 
-def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None):
+def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None, threads=None):
     """Measure one (arch, mode) in this process; returns a record with KEYS, compile_s None: the
-    parent process reads it from this process's log (compile_seconds)."""
+    parent process reads it from this process's log (compile_seconds). threads: of MindSpore's CPU
+    kernels (None: its default); the ACmix C++ kernels read theirs from ACMIX_KERNEL_THREADS."""
     import mindspore as ms
     import numpy as np
     from mindspore import Tensor, nn
@@ -53,6 +87,8 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(device_target)
+    if threads:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
     net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
     images = Tensor(np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
     labels = Tensor(np.arange(batch_size, dtype=np.int32) % 1000)
@@ -70,9 +106,18 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
             loss, _, _ = train_step([(images, labels)])
             return loss
 
+    # asnumpy waits for the device
+    return _measure(arch, mode, batch_size, image_size, lambda: step().asnumpy(), warmup, steps)
+
+
+def _measure(arch, mode, batch_size, image_size, step, warmup, steps):
+    """Times step() as both workers do: the first call, warmup - 1 more untimed, then the median of
+    `steps`; a record with KEYS, compile_s None."""
+    import numpy as np
+
     def timed():
         start = time.perf_counter()
-        step().asnumpy()  # waits for the device
+        step()
         return time.perf_counter() - start
 
     first_step_s = timed()
@@ -83,6 +128,52 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
     return dict(arch=arch, mode=mode, batch_size=batch_size, image_size=image_size,
                 compile_s=None, first_step_s=round(first_step_s, 3), step_s=round(step_s, 4),
                 images_per_s=round(batch_size / step_s, 3), peak_rss_gb=round(peak_rss_gb, 3))
+
+
+def build_official(arch, image_size):
+    """The PyTorch model of tests/torch_reference.py that `arch` reproduces, for square inputs of
+    `image_size`."""
+    spec = importlib.util.spec_from_file_location('torch_reference', TORCH_REFERENCE)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    builder, kwargs = OFFICIAL_MODELS[arch]
+    if builder == 'swin':
+        kwargs = dict(kwargs, img_size=image_size)
+    return getattr(reference, builder)(num_classes=1000, **kwargs)
+
+
+def run_official(arch, mode, batch_size, image_size, warmup, steps, threads):
+    """Measure the official formulation of `arch` (PyTorch, CPU, eager) in this process, with the
+    same inputs and timing as run_one; the record's arch is official:<arch>. Training is run_one's
+    step in PyTorch: forward, cross-entropy, backward and an SGD update with momentum 0.9, no weight
+    decay (the update nn.Momentum computes). What differs is the framework's way: PyTorch runs
+    eagerly, op by op, and allocates the gradients anew each step (zero_grad sets them to None)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_official(arch, image_size)
+    images = torch.from_numpy(
+        np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
+    labels = torch.arange(batch_size) % 1000
+    if mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(images)
+    else:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            opt.zero_grad()
+            loss_fn(model(images), labels).backward()
+            opt.step()
+
+    return _measure(OFFICIAL_PREFIX + arch, mode, batch_size, image_size, step, warmup, steps)
 
 
 def compile_seconds(log):
@@ -104,17 +195,21 @@ def compile_seconds(log):
 
 
 def run_isolated(arch, mode, args):
-    """Run one measurement in a fresh interpreter; returns its record or an error record."""
+    """Run one measurement (official:<arch> for the official formulation) in a fresh interpreter;
+    returns its record or an error record."""
     cmd = [sys.executable, '-m', 'src.tools.benchmark', '--worker', '--arch', arch, '--mode', mode,
            '--batch_size', str(args.batch_size), '--image_size', str(args.image_size),
-           '--device_target', args.device_target, '--warmup', str(args.warmup), '--steps', str(args.steps)]
+           '--device_target', args.device_target, '--warmup', str(args.warmup), '--steps', str(args.steps),
+           '--threads', str(args.threads)]
     if args.formulation:
         cmd += ['--formulation', args.formulation]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=dict(os.environ, **COMPILE_LOG_ENV))
+    env = dict(os.environ, **COMPILE_LOG_ENV, ACMIX_KERNEL_THREADS=str(args.threads))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             record = json.loads(line[len(RESULT_TAG):])
+            if arch.startswith(OFFICIAL_PREFIX):
+                return record  # nothing compiled
             record['compile_s'] = compile_seconds(proc.stderr)
             if record['compile_s'] is None:
                 print(f'[benchmark] no compile events in the log of {arch} {mode}: compile_s is the first '
@@ -129,16 +224,18 @@ def run_isolated(arch, mode, args):
 
 
 def format_table(records):
-    head = (f'{"arch":<20} {"mode":<6} {"batch":>5} {"size":>5} {"compile_s":>10} {"first_s":>8} {"step_s":>8} '
+    width = max([20] + [len(r['arch']) for r in records])
+    head = (f'{"arch":<{width}} {"mode":<6} {"batch":>5} {"size":>5} {"compile_s":>10} {"first_s":>8} {"step_s":>8} '
             f'{"img/s":>8} {"peak_GB":>8}')
     rows = [head, '-' * len(head)]
     for r in records:
         if 'error' in r:
-            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  '
+            rows.append(f'{r["arch"]:<{width}} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5}  '
                         f'FAILED: {r["error"]}')
         else:
-            rows.append(f'{r["arch"]:<20} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5} '
-                        f'{r["compile_s"]:>10.1f} {r["first_step_s"]:>8.1f} {r["step_s"]:>8.3f} '
+            compile_s = '-' if r['compile_s'] is None else f'{r["compile_s"]:.1f}'
+            rows.append(f'{r["arch"]:<{width}} {r["mode"]:<6} {r["batch_size"]:>5} {r["image_size"]:>5} '
+                        f'{compile_s:>10} {r["first_step_s"]:>8.1f} {r["step_s"]:>8.3f} '
                         f'{r["images_per_s"]:>8.2f} {r["peak_rss_gb"]:>8.2f}')
     return '\n'.join(rows)
 
@@ -148,27 +245,42 @@ def _measured(records):
     return {(r['arch'], r['mode']): r for r in records if 'error' not in r}
 
 
+def _partners(arch):
+    """What a record of `arch` is compared with: (partner arch, the measure, the record's ratio to
+    the partner's in it)."""
+    if arch.startswith(OFFICIAL_PREFIX):
+        return []
+    partners = []
+    if arch.startswith('acmix_'):
+        partners.append((arch[len('acmix_'):], 'step time', lambda r, p: r['step_s'] / p['step_s']))
+    # throughput, so that above 1 reads as "ours is faster"
+    partners.append((OFFICIAL_PREFIX + arch, 'throughput', lambda r, p: p['step_s'] / r['step_s']))
+    return partners
+
+
 def format_ratios(records, rounds=()):
-    """'acmix_X / X' lines: step-time and peak-memory ratios of each ACmix model to its plain twin
-    measured in the same run. With several rounds (the per-round record lists), each line also gives
-    the range and median of the per-round step-time ratios: the twins of a round ran back to back, so
-    these pairs are the ones least affected by the machine's speed drifting between rounds."""
+    """Ratio lines of the pairs measured in the same run: 'acmix_X / X' (step time and peak memory
+    of each ACmix model to its plain twin) and '<arch> / official:<arch>' (throughput and peak
+    memory of our model to the official formulation). With several rounds (the per-round record
+    lists), each line also gives the range and median of the per-round ratios: a pair of a round ran
+    back to back, so these are the ones least affected by the machine's speed drifting between rounds."""
     import numpy as np
     found = _measured(records)
     per_round = [_measured(records_of_round) for records_of_round in rounds]
     lines = []
     for (arch, mode), r in found.items():
-        plain = found.get((arch[len('acmix_'):], mode)) if arch.startswith('acmix_') else None
-        if not plain:
-            continue
-        line = (f'{arch} / {plain["arch"]} {mode}: step time x{r["step_s"] / plain["step_s"]:.2f}, '
-                f'peak memory x{r["peak_rss_gb"] / plain["peak_rss_gb"]:.2f}')
-        paired = [got[(arch, mode)]['step_s'] / got[(plain['arch'], mode)]['step_s'] for got in per_round
-                  if (arch, mode) in got and (plain['arch'], mode) in got]
-        if len(paired) > 1:
-            line += (f'; per-round step time x{min(paired):.2f} to x{max(paired):.2f}, '
-                     f'median x{float(np.median(paired)):.2f}')
-        lines.append(line)
+        for partner, measure, ratio in _partners(arch):
+            p = found.get((partner, mode))
+            if not p:
+                continue
+            line = (f'{arch} / {partner} {mode}: {measure} x{ratio(r, p):.2f}, '
+                    f'peak memory x{r["peak_rss_gb"] / p["peak_rss_gb"]:.2f}')
+            paired = [ratio(got[(arch, mode)], got[(partner, mode)]) for got in per_round
+                      if (arch, mode) in got and (partner, mode) in got]
+            if len(paired) > 1:
+                line += (f'; per-round {measure} x{min(paired):.2f} to x{max(paired):.2f}, '
+                         f'median x{float(np.median(paired)):.2f}')
+            lines.append(line)
     return '\n'.join(lines)
 
 
@@ -185,11 +297,33 @@ def combine_rounds(rounds):
         record = dict(ok[0])
         record['step_s'] = round(float(np.median([r['step_s'] for r in ok])), 4)
         for key in ('compile_s', 'first_step_s'):
-            record[key] = round(float(np.median([r[key] for r in ok])), 3)
+            values = [r[key] for r in ok]
+            record[key] = None if None in values else round(float(np.median(values)), 3)
         record['images_per_s'] = round(record['batch_size'] / record['step_s'], 3)
         record['peak_rss_gb'] = max(r['peak_rss_gb'] for r in ok)
         merged.append(record)
     return merged
+
+
+def check_official(archs, device_target):
+    """The archs of `archs` whose official formulation --official times, in their order; a
+    UserError, before anything runs, when it cannot time any."""
+    if importlib.util.find_spec('torch') is None:
+        raise UserError('--official times the official formulation in PyTorch, which is not installed '
+                        '(pip install torch==2.13.0)')
+    if not os.path.isfile(TORCH_REFERENCE):
+        raise UserError(f'--official needs the official formulation in {TORCH_REFERENCE}, which is missing')
+    if device_target != 'CPU':
+        raise UserError('--official times PyTorch on CPU only; use it with --device_target CPU')
+    with_official = [a for a in archs if a in OFFICIAL_MODELS]
+    if not with_official:
+        raise UserError(f'--official: none of {", ".join(archs)} has an official formulation to time; '
+                        f'these do: {", ".join(OFFICIAL_MODELS)}')
+    without = [a for a in archs if a not in OFFICIAL_MODELS]
+    if without:
+        print(f'[benchmark] no official formulation of {", ".join(without)}; --official times it for '
+              f'{", ".join(OFFICIAL_MODELS)}', file=sys.stderr, flush=True)
+    return with_official
 
 
 def main(argv=None):
@@ -208,15 +342,30 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=1,
                         help='measure every (arch, mode) this many times, interleaved, and report medians: '
                              'other load on the machine then affects all models alike')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='threads of every worker: of MindSpore\'s CPU kernels and the ACmix C++ kernels '
+                             '(ACMIX_KERNEL_THREADS), or of PyTorch (default: the CPUs this process may use)')
+    parser.add_argument('--official', action='store_true',
+                        help='also time the official formulation in PyTorch, tests/torch_reference.py, of each '
+                             'model that has one (needs torch; CPU only)')
     parser.add_argument('--json', default=None, help='write the records to this file')
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error('--warmup, --steps and --rounds must be at least 1')
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    elif args.threads < 1:
+        parser.error('--threads must be at least 1')
 
     if args.worker:
-        record = run_one(args.arch[0], args.mode[0], args.batch_size, args.image_size, args.device_target,
-                         args.warmup, args.steps, args.formulation)
+        arch = args.arch[0]
+        if arch.startswith(OFFICIAL_PREFIX):
+            record = run_official(arch[len(OFFICIAL_PREFIX):], args.mode[0], args.batch_size, args.image_size,
+                                  args.warmup, args.steps, args.threads)
+        else:
+            record = run_one(arch, args.mode[0], args.batch_size, args.image_size, args.device_target,
+                             args.warmup, args.steps, args.formulation, args.threads)
         print(RESULT_TAG + json.dumps(record), flush=True)
         return 0
 
@@ -224,18 +373,24 @@ def main(argv=None):
     unknown = [a for a in args.arch if a not in list_models()]
     if unknown:
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
+    with_official = check_official(args.arch, args.device_target) if args.official else []
+    names = [name for arch in args.arch
+             for name in [arch] + ([OFFICIAL_PREFIX + arch] if arch in with_official else [])]
     rounds = []
     for round_index in range(args.rounds):
         # Mode by mode, so that an ACmix model and its plain twin run back to back in the same mode
-        # (the machine's speed drifts over minutes); the records keep the arch-by-arch order.
+        # (the machine's speed drifts over minutes), each followed by its official formulation;
+        # the records keep the arch-by-arch order.
         measured = {}
         for mode in args.mode:
-            for arch in args.arch:
-                print(f'[benchmark] round {round_index + 1}/{args.rounds}: {arch} {mode} batch {args.batch_size} '
+            for name in names:
+                print(f'[benchmark] round {round_index + 1}/{args.rounds}: {name} {mode} batch {args.batch_size} '
                       f'at {args.image_size}px ...', file=sys.stderr, flush=True)
-                measured[(arch, mode)] = run_isolated(arch, mode, args)
-        rounds.append([measured[(arch, mode)] for arch in args.arch for mode in args.mode])
+                measured[(name, mode)] = run_isolated(name, mode, args)
+        rounds.append([measured[(name, mode)] for name in names for mode in args.mode])
     records = combine_rounds(rounds)
+    print(f'threads per worker: {args.threads} (MindSpore CPU kernels and ACmix C++ kernels'
+          + ('; PyTorch for official:*)' if with_official else ')'))
     print(format_table(records))
     ratios = format_ratios(records, rounds)
     if ratios:
