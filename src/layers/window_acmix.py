@@ -8,8 +8,8 @@ path (fc over the 3*heads q/k/v channels, then a shift-initialised grouped convo
 shifted map across window borders and the roll seam, unmasked, with zero padding; the output is
 `rate1 * proj(window_attention) + rate2 * conv`, then proj_drop. The convolution path comes in two
 formulations (`formulation.py`): portable ops, and a fused C++ kernel on CPU. The kernel also reads
-and writes window-partitioned maps, so there the layer partitions its C-wide input once and both paths
-share the qkv of the windows (per token the same values as qkv of the whole map).
+a window-partitioned qkv (and writes the whole map), so there the layer partitions its C-wide input
+once and both paths share the qkv of the windows (per token the same values as qkv of the whole map).
 """
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -151,7 +151,7 @@ class WindowAttentionACmix(WindowAttention):
             self.dep_conv.weight.requires_grad = learnable_shift
             self.conv_path = convolution_path(self.formulation, num_heads, self.head_dim, dim, kernel_conv,
                                               channels_last=True)
-        # A convolution path that reads window-partitioned maps lets both paths share the qkv of the
+        # A convolution path that reads a window-partitioned qkv lets both paths share the qkv of the
         # partitioned C-wide input, as the plain attention does; otherwise the 3C-wide qkv of the
         # whole map is partitioned for the attention (on CPU a Transpose keeps a table of 8 bytes
         # per element for the graph's life, and so does its gradient's).
