@@ -14,6 +14,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..window_ops import window_reverse
+from .kernels import map_size
 from .local_attention import _eye, _SwapLastAxes
 
 
@@ -102,7 +103,7 @@ class KernelConvolutionPath(nn.Cell):
         if qkv.dtype == ms.float32:
             return self.kernel(qkv, fc_weight, fc_bias, dep_weight)
         if qkv.ndim == 5:
-            _, hn, wn, n, c3 = qkv.shape
-            ws = int(round(n ** 0.5))
-            qkv = window_reverse(qkv.view(-1, n, c3), ws, hn * ws, wn * ws)  # (B, H, W, 3C)
+            _, h, w = map_size(qkv.shape)
+            n, c3 = qkv.shape[3], qkv.shape[4]
+            qkv = window_reverse(qkv.view(-1, n, c3), h // qkv.shape[1], h, w)  # (B, H, W, 3C)
         return self.fallback(qkv, fc_weight, fc_bias, dep_weight)
