@@ -12,7 +12,7 @@ from mindspore import Tensor, nn, ops
 from src.layers import ConvolutionPath, WindowAttentionACmix
 from src.layers.cpu import kernels as cpu_kernels
 from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
-from src.layers.cpu.kernels import SOURCE, build_library, conv_path_ops, kernels_enabled
+from src.layers.cpu.kernels import SOURCE_DIR, build_library, conv_path_ops, kernels_enabled
 from src.layers.window_ops import shifted_window_mask, window_partition
 
 needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler (g++) on PATH')
@@ -111,21 +111,21 @@ def test_windowed_layer_under_mixed_precision_runs_the_portable_path_on_the_whol
 
 @needs_compiler
 def test_library_is_built_once_per_source(tmp_path):
-    source = tmp_path / 'k.cc'
-    shutil.copy(SOURCE, source)
-    first = build_library(source, tmp_path / 'cache')
+    sources = tmp_path / 'csrc'
+    shutil.copytree(SOURCE_DIR, sources)
+    first = build_library(sources, tmp_path / 'cache')
     mtime = first.stat().st_mtime_ns
-    assert build_library(source, tmp_path / 'cache') == first and first.stat().st_mtime_ns == mtime
-    source.write_text(source.read_text() + '\n// edited\n')
-    assert build_library(source, tmp_path / 'cache') != first
+    assert build_library(sources, tmp_path / 'cache') == first and first.stat().st_mtime_ns == mtime
+    header = next(sources.glob('*.h'))  # an edited header rebuilds too
+    header.write_text(header.read_text() + '\n// edited\n')
+    assert build_library(sources, tmp_path / 'cache') != first
 
 
 @needs_compiler
 def test_compiler_errors_are_reported(tmp_path):
-    source = tmp_path / 'broken.cc'
-    source.write_text('int f( {\n')
+    (tmp_path / 'broken.cc').write_text('int f( {\n')
     with pytest.raises(RuntimeError, match='failed to compile'):
-        build_library(source, tmp_path)
+        build_library(tmp_path, tmp_path)
     assert not list(tmp_path.glob('*.so'))  # no half-written library left behind
 
 

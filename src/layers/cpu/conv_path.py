@@ -5,7 +5,7 @@ the portable `..conv_path.ConvolutionPath`: construct(qkv, fc_weight, fc_bias, d
   (both linear) as one batched matmul and a fold (Col2Im); as a grouped Conv2D, dep_conv's weight
   gradient alone costs more on CPU than all the rest of the layer.
 * Swin layout (qkv token-major NHWC): KernelConvolutionPath, one hand-written C++ kernel pair
-  (`kernels.py`, `acmix_cpu.cc`), float32; other dtypes run the portable path. It also takes the
+  (`kernels.py`, `csrc/conv_path.cc`), float32; other dtypes run the portable path. It also takes the
   qkv window-partitioned (`accepts_windows`), so the Swin layer partitions its C-wide input once for
   both paths instead of partitioning the 3C-wide qkv.
 """

@@ -1,7 +1,7 @@
 """Hand-written CPU kernels, compiled on first use and run through `ops.Custom(func_type='aot')`.
 
 One kernel pair so far: the convolution path of the Swin ACmix layer, fc and grouped convolution
-fused (`acmix_cpu.cc`; its header says why), used by the CPU formulation (`..formulation`). Layers
+fused (`csrc/conv_path.cc`; its header says why), used by the CPU formulation (`..formulation`). Layers
 ask `conv_path_ops(kernel_size)` when they are built. It returns None, and the layer runs the
 portable convolution path (`..conv_path.ConvolutionPath`) instead, when
 * the device target is not CPU (the kernels are C++ for the host);
@@ -10,11 +10,11 @@ portable convolution path (`..conv_path.ConvolutionPath`) instead, when
   the environment variable `ACMIX_CPU_KERNELS=0`;
 * the library cannot be built (no C++ compiler, say); a warning says why, once per process.
 
-The library is compiled with `$CXX` (default g++) into `$ACMIX_KERNEL_CACHE` (default
-`~/.cache/acmix_mindspore`), named by a hash of the source, compiler and flags, so an edited source
-rebuilds and concurrent processes (one per device under msrun) never see a half-written file. The
-kernels run one image per thread on as many threads as the process may use (its CPU affinity);
-`ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
+The library is compiled from the sources of `csrc/` with `$CXX` (default g++) into
+`$ACMIX_KERNEL_CACHE` (default `~/.cache/acmix_mindspore`), named by a hash of the sources, compiler
+and flags, so an edited source rebuilds and concurrent processes (one per device under msrun) never
+see a half-written file. The kernels run one image per thread on as many threads as the process may
+use (its CPU affinity); `ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
 """
 import contextlib
 import hashlib
@@ -29,7 +29,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import ops
 
-SOURCE = Path(__file__).resolve().parent / 'acmix_cpu.cc'
+SOURCE_DIR = Path(__file__).resolve().parent / 'csrc'  # every .cc in it goes into the one library
 ENV_SWITCH = 'ACMIX_CPU_KERNELS'
 ENV_CACHE = 'ACMIX_KERNEL_CACHE'
 MAX_KERNEL_SIZE = 7  # the backward keeps k*k per-tap vectors on the stack (kMaxTaps in the source)
@@ -59,27 +59,34 @@ def _cpu_flags():
     return ['-mavx2', '-mfma'] if {'avx2', 'fma'} <= set(flags) else []
 
 
-def build_library(source=SOURCE, cache_dir=None):
-    """Compile `source` into a shared library in the cache (once per source, compiler and flags);
-    returns its path. Raises RuntimeError with the compiler's message if that fails."""
+def build_library(source_dir=SOURCE_DIR, cache_dir=None):
+    """Compile the .cc files of `source_dir` (with its headers) into one shared library in the cache,
+    once per sources, compiler and flags; returns its path. Raises RuntimeError with the compiler's
+    message if that fails."""
     cxx = os.environ.get('CXX', 'g++')
     flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-pthread'] + _cpu_flags()
     cache = Path(cache_dir or os.environ.get(ENV_CACHE) or Path.home() / '.cache' / 'acmix_mindspore')
-    key = hashlib.sha256(Path(source).read_bytes() + ' '.join([cxx] + flags).encode()).hexdigest()[:16]
-    target = cache / f'{Path(source).stem}-{key}.so'
+    source_dir = Path(source_dir)
+    sources = sorted(source_dir.glob('*.cc'))
+    if not sources:
+        raise RuntimeError(f'no C++ sources (*.cc) in {source_dir}')
+    digest = hashlib.sha256(' '.join([cxx] + flags).encode())
+    for path in sorted(sources + list(source_dir.glob('*.h'))):
+        digest.update(path.name.encode() + b'\0' + path.read_bytes())
+    target = cache / f'acmix_cpu-{digest.hexdigest()[:16]}.so'
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=cache)
     os.close(fd)
     try:
-        result = subprocess.run([cxx, *flags, str(source), '-o', tmp], capture_output=True, text=True)
+        result = subprocess.run([cxx, *flags, *map(str, sources), '-o', tmp], capture_output=True, text=True)
     except OSError as err:
         os.unlink(tmp)
         raise RuntimeError(f'cannot run the C++ compiler {cxx!r}: {err}') from err
     if result.returncode:
         os.unlink(tmp)
-        raise RuntimeError(f'{cxx} failed to compile {source}:\n{result.stderr.strip()[-2000:]}')
+        raise RuntimeError(f'{cxx} failed to compile {source_dir}:\n{result.stderr.strip()[-2000:]}')
     os.replace(tmp, target)  # atomic: another process sees the old state or the whole library
     return target
 

@@ -26,78 +26,17 @@
 // of its windows, which its attention uses too, and never partitions the 3C-wide map.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
-#ifdef __linux__
-#include <sched.h>
-#endif
+
+#include "common.h"
+
+using namespace acmix;
 
 namespace {
 
-// 8 floats, loaded and stored unaligned (GCC/Clang vector extension: AVX on x86, NEON pairs on ARM)
-typedef float v8 __attribute__((vector_size(32), aligned(4)));
 constexpr int64_t kBlock = 16;  // output pixels per register block (two v8)
 constexpr int64_t kMaxTaps = 49;  // k * k for kernels up to 7 x 7 (cpu_kernels.MAX_KERNEL_SIZE)
-
-int64_t num_threads() {
-  if (const char *env = std::getenv("ACMIX_KERNEL_THREADS")) return std::max(1, std::atoi(env));
-#ifdef __linux__
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-#endif
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// Runs fn(i, thread) for i in [0, n) on up to num_threads() threads, each taking one contiguous
-// range of i (neighbouring jobs write neighbouring memory: no false sharing between threads).
-template <typename F>
-void parallel_for(int64_t n, F fn) {
-  const int64_t nt = std::max<int64_t>(1, std::min(num_threads(), n));
-  auto run = [&fn, n, nt](int64_t t) {
-    for (int64_t i = t * n / nt; i < (t + 1) * n / nt; ++i) fn(i, t);
-  };
-  std::vector<std::thread> workers;
-  for (int64_t t = 1; t < nt; ++t) workers.emplace_back(run, t);
-  run(0);
-  for (auto &w : workers) w.join();
-}
-
-// Large scratch buffers are kept between calls: a fresh multi-megabyte allocation is mmap-ed and
-// page-faulted in on every call, which costs as much as the arithmetic. A pool, not one static
-// buffer, because MindSpore may launch two kernels at once.
-class Scratch {
- public:
-  explicit Scratch(int64_t n) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto &pool = free_list();
-    auto it = std::find_if(pool.begin(), pool.end(), [n](const std::unique_ptr<std::vector<float>> &b) {
-      return static_cast<int64_t>(b->size()) >= n;
-    });
-    if (it == pool.end()) {
-      buf_ = std::make_unique<std::vector<float>>(n);
-    } else {
-      buf_ = std::move(*it);
-      pool.erase(it);
-    }
-  }
-  ~Scratch() {
-    std::lock_guard<std::mutex> lock(mutex());
-    free_list().push_back(std::move(buf_));
-  }
-  float *data() { return buf_->data(); }
-
- private:
-  static std::mutex &mutex() { static std::mutex m; return m; }
-  static std::vector<std::unique_ptr<std::vector<float>>> &free_list() {
-    static std::vector<std::unique_ptr<std::vector<float>>> pool;
-    return pool;
-  }
-  std::unique_ptr<std::vector<float>> buf_;
-};
 
 // Geometry of the padded planes.
 struct Grid {
