@@ -1,6 +1,7 @@
-"""The hand-written CPU kernel of the Swin ACmix convolution path (CPU formulation): its build (cache,
-errors, fallback to the portable path) and its values and gradients against the official formulation
-in MindSpore ops."""
+"""The hand-written CPU kernels of the CPU formulation: their build (cache, errors, fallback to MindSpore
+ops), the Swin ACmix convolution path's values and gradients against the official formulation in
+MindSpore ops, LayerNorm and GELU against MindSpore's, and the Dense layer with its matmul bias gradient."""
+import math
 import shutil
 import warnings
 
@@ -9,10 +10,14 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from src.layers import ConvolutionPath, WindowAttentionACmix
+from src.layers import GELU, ConvolutionPath, WindowAttentionACmix
+from src.layers import formulation as formulations
 from src.layers.cpu import kernels as cpu_kernels
+from src.layers.cpu import linear as cpu_linear
+from src.layers.cpu.activation import KernelGELU
 from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
 from src.layers.cpu.kernels import SOURCE_DIR, build_library, conv_path_ops, kernels_enabled
+from src.layers.cpu.layer_norm import KernelLayerNorm
 from src.layers.window_ops import shifted_window_mask, window_partition
 
 needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler (g++) on PATH')
@@ -161,3 +166,106 @@ def test_kernel_only_in_the_cpu_formulation_and_up_to_its_size_limit():
     assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2,
                                                  formulation='cpu'))
     assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='portable'))
+
+
+def _values_and_grads(net, x, cot):
+    """net(x), and the gradients of sum(net(x) * cot) for x and then net's trainable parameters."""
+    def loss(x):
+        return (net(x) * cot).sum()
+    _, (dx, dparams) = ms.jit(ms.value_and_grad(loss, grad_position=0, weights=net.trainable_params()))(x)
+    return [net(x).asnumpy(), dx.asnumpy()] + [g.asnumpy() for g in dparams]
+
+
+@needs_compiler
+@pytest.mark.parametrize('shape', [
+    (2, 50, 96),  # Swin's widths are multiples of 8; 100 rows, not a multiple of the 64-row block
+    (3, 7, 13),   # a width with a tail after the 8-wide registers
+    (130, 20),    # two dimensions, three blocks
+    (1, 1, 8),
+])
+def test_layer_norm_kernel_matches_layer_norm(shape):
+    rng = np.random.default_rng(0)
+    c = shape[-1]
+    ours = formulations.layer_norm('cpu', c, 1e-5)
+    assert isinstance(ours, KernelLayerNorm)
+    ref = nn.LayerNorm((c,), epsilon=1e-5)
+    for name in ('gamma', 'beta'):
+        value = Tensor(rng.normal(size=c).astype(np.float32))
+        getattr(ours, name).set_data(value)
+        getattr(ref, name).set_data(value)
+    x = Tensor((rng.normal(size=shape) * 3 + 1).astype(np.float32))  # rows with a mean far from 0
+    cot = Tensor(rng.normal(size=shape).astype(np.float32))
+    for name, got, want in zip(('y', 'dx', 'dgamma', 'dbeta'), _values_and_grads(ours, x, cot),
+                               _values_and_grads(ref, x, cot)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=name)
+
+
+@needs_compiler
+def test_gelu_kernel_matches_gelu_and_the_exact_function():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-14, 14, 4001), rng.normal(size=3003) * 3]).astype(np.float32)
+    cot = Tensor(rng.normal(size=x.shape).astype(np.float32))
+    ours = formulations.gelu('cpu')
+    assert isinstance(ours, KernelGELU)
+    (y, dx), (y_ref, dx_ref) = (_values_and_grads(net, Tensor(x), cot) for net in (ours, GELU()))
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-6 * np.abs(cot.asnumpy()).max())
+    # against x * Phi(x) in float64: also for negative x, where 1 + erf(x / sqrt(2)) cancels in float32
+    phi = 0.5 * np.vectorize(math.erfc)(-x.astype(np.float64) / math.sqrt(2))
+    exact = x * phi
+    scale = np.maximum(np.abs(exact), 1e-30)
+    assert (np.abs(y - exact) / scale)[np.abs(exact) > 1e-30].max() < 1e-4
+    assert np.abs(y - exact).max() < 5e-7
+
+
+@needs_compiler
+def test_layer_norm_and_gelu_kernels_run_ms_ops_under_mixed_precision():
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float16)
+    pairs = [(formulations.layer_norm('cpu', 16, 1e-5), nn.LayerNorm((16,), epsilon=1e-5)),
+             (formulations.gelu('cpu'), GELU())]
+    for ours, ref in pairs:
+        got, want = ours(Tensor(x)), ref(Tensor(x))
+        assert got.dtype == ms.float16
+        np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())
+
+
+@pytest.mark.parametrize('shape,has_bias', [((4, 9, 24), True), ((5, 24), True), ((3, 24), False)])
+def test_cpu_dense_is_nn_dense_with_a_matmul_bias_gradient(shape, has_bias):
+    rng = np.random.default_rng(0)
+    ours = formulations.dense('cpu', 24, 40, has_bias=has_bias)
+    assert isinstance(ours, cpu_linear.Dense)
+    ref = nn.Dense(24, 40, has_bias=has_bias)
+    for p, q in zip(ours.trainable_params(), ref.trainable_params()):
+        p.set_data(q.data)
+    x = Tensor(rng.normal(size=shape).astype(np.float32))
+    cot = Tensor(rng.normal(size=shape[:-1] + (40,)).astype(np.float32))
+    got, want = _values_and_grads(ours, x, cot), _values_and_grads(ref, x, cot)
+    for name, g, w in zip(('y', 'dx', 'dweight'), got, want):  # the same ops as nn.Dense and autodiff
+        np.testing.assert_array_equal(g, w, err_msg=name)
+    if has_bias:  # another summation order
+        np.testing.assert_allclose(got[3], want[3], rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_dense_bias_gradient_under_mixed_precision():
+    rng = np.random.default_rng(0)
+    ours, ref = formulations.dense('cpu', 8, 4), nn.Dense(8, 4)
+    for p, q in zip(ours.trainable_params(), ref.trainable_params()):
+        p.set_data(q.data)
+    x = Tensor(rng.normal(size=(3000, 8)).astype(np.float16))
+    cot = Tensor(rng.normal(size=(3000, 4)).astype(np.float16))
+    got = _values_and_grads(ours.to_float(ms.float16), x, cot)
+    want = _values_and_grads(ref, x.astype(ms.float32), cot.astype(ms.float32))
+    assert got[0].dtype == np.float16
+    np.testing.assert_allclose(got[3], want[3], rtol=2e-3, atol=1e-2)  # summed in float32
+
+
+@needs_compiler
+def test_formulation_picks_the_kernel_layers_only_on_cpu_and_when_enabled():
+    assert isinstance(formulations.layer_norm('cpu', 8, 1e-5), KernelLayerNorm)
+    assert isinstance(formulations.gelu('cpu'), KernelGELU)
+    for make in (lambda: formulations.layer_norm('portable', 8, 1e-5), lambda: formulations.gelu('portable')):
+        assert not isinstance(make(), (KernelLayerNorm, KernelGELU))
+    assert type(formulations.dense('portable', 8, 4)) is nn.Dense
+    with kernels_enabled(False):
+        assert type(formulations.layer_norm('cpu', 8, 1e-5)) is nn.LayerNorm
+        assert type(formulations.gelu('cpu')) is GELU

@@ -1,10 +1,12 @@
-"""Which formulation the ACmix layers (and Swin's DropPath) are built with, and the one place that picks the
-implementation of their two hot parts (the local-window attention and the convolution path).
+"""Which formulation the ACmix layers (and Swin's DropPath, LayerNorms, GELUs and Dense layers) are built with,
+and the one place that picks the implementation of their hot parts (the local-window attention, the
+convolution path, LayerNorm, GELU, Dense).
 
 * 'portable': ops that the MindSpore 2.10 API pages list for Ascend and GPU, within the constraints
   they state (grouped convolutions only depthwise, no custom ops, no axis swaps by identity matmuls,
   no infinities), gradients by autodiff. `python -m src.tools.audit_graph` checks the compiled graphs.
-* 'cpu': forms tuned for MindSpore's CPU kernels (`cpu/`), exact on CPU only.
+* 'cpu': forms tuned for MindSpore's CPU kernels (`cpu/`), CPU only; the same values as the portable ones
+  up to fp32 rounding (LayerNorm, GELU, the bias gradients) or exactly.
 
 The device target picks the formulation when a model is built: 'cpu' on CPU, 'portable' on every other
 device. The environment variable ACMIX_FORMULATION=portable|cpu, read when a layer is built, forces
@@ -14,10 +16,16 @@ argument overrides both. Both formulations hold the same parameters, so they loa
 import os
 
 import mindspore as ms
+from mindspore import nn
 
+from . import linear as portable_linear
+from .activation import GELU
 from .conv_path import ConvolutionPath
+from .cpu import linear as cpu_linear
+from .cpu.activation import KernelGELU
 from .cpu.conv_path import FoldConvolutionPath, KernelConvolutionPath
-from .cpu.kernels import conv_path_ops
+from .cpu.kernels import conv_path_ops, gelu_ops, layer_norm_ops
+from .cpu.layer_norm import KernelLayerNorm
 from .cpu.local_attention import BlockedLocalAttention
 from .local_attention import LocalAttention
 
@@ -57,3 +65,27 @@ def convolution_path(formulation, num_heads, head_dim, out_channels, kernel_size
         return FoldConvolutionPath(num_heads, head_dim, out_channels, kernel_size, stride, dilation)
     kernel_ops = conv_path_ops(kernel_size) if stride == 1 and dilation == 1 else None
     return portable if kernel_ops is None else KernelConvolutionPath(kernel_ops, portable)
+
+
+def layer_norm(formulation, dim, epsilon):
+    """LayerNorm over the last axis, nn.LayerNorm((dim,), epsilon=epsilon) and its parameters; in the CPU
+    formulation computed by the C++ kernel pair where it can be built."""
+    kernel_ops = layer_norm_ops() if formulation == 'cpu' else None
+    return nn.LayerNorm((dim,), epsilon=epsilon) if kernel_ops is None else KernelLayerNorm(dim, epsilon, kernel_ops)
+
+
+def gelu(formulation):
+    """The exact GELU; in the CPU formulation computed by the C++ kernel pair where it can be built."""
+    kernel_ops = gelu_ops() if formulation == 'cpu' else None
+    return GELU() if kernel_ops is None else KernelGELU(kernel_ops)
+
+
+def dense(formulation, in_channels, out_channels, **kwargs):
+    """nn.Dense(in_channels, out_channels, **kwargs); in the CPU formulation with a matmul for the bias
+    gradient (cpu/linear.py)."""
+    return (cpu_linear.Dense if formulation == 'cpu' else nn.Dense)(in_channels, out_channels, **kwargs)
+
+
+def linear(formulation):
+    """A Cell x @ weight.T + bias of its three inputs, as `dense` computes it."""
+    return cpu_linear.Linear() if formulation == 'cpu' else portable_linear.Linear()

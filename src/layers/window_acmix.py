@@ -17,14 +17,16 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .acmix import acmix_paths, check_odd, mixing_rates
 from .conv_path import shift_kernels
-from .formulation import convolution_path, resolve_formulation
+from .formulation import convolution_path, linear, resolve_formulation
+from .formulation import dense as formulation_dense
 from .window_ops import relative_position_index, window_partition, window_reverse_heads
 
 
-def dense(in_features, out_features, has_bias=True):
-    """nn.Dense with Swin's init: trunc_normal(std=.02) weights, zero bias."""
-    return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(0.02),
-                    bias_init='zeros', has_bias=has_bias)
+def dense(in_features, out_features, has_bias=True, formulation=None):
+    """nn.Dense with Swin's init, trunc_normal(std=.02) weights and zero bias, in the given formulation
+    (None: the device target decides)."""
+    return formulation_dense(resolve_formulation(formulation), in_features, out_features,
+                             weight_init=TruncatedNormal(0.02), bias_init='zeros', has_bias=has_bias)
 
 
 class WindowAttention(nn.Cell):
@@ -37,22 +39,25 @@ class WindowAttention(nn.Cell):
         qkv_bias: bias on the qkv projection.
         qk_scale: overrides head_dim ** -0.5.
         attn_drop, proj_drop: dropout rates.
+        formulation: 'portable', 'cpu' or None (the device target decides; see formulation.py): how the
+            qkv and proj Dense layers take their bias gradients.
 
     construct(x, mask=None): x (B, H, W, C) with H, W multiples of window_size; mask None or a
     (nW, N, N) additive mask (N = window_size^2). Returns (B, H, W, C).
     """
 
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None,
-                 attn_drop=0.0, proj_drop=0.0):
+                 attn_drop=0.0, proj_drop=0.0, formulation=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
+        self.formulation = resolve_formulation(formulation)
         self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
-        self.qkv = dense(dim, 3 * dim, has_bias=qkv_bias)
+        self.qkv = dense(dim, 3 * dim, has_bias=qkv_bias, formulation=self.formulation)
         self._init_attention(attn_drop)
         self.proj_drop = nn.Dropout(p=proj_drop)
 
@@ -64,8 +69,8 @@ class WindowAttention(nn.Cell):
         # A constant Tensor, not a Parameter: it stays out of checkpoints and optimizers.
         self.relative_position_index = Tensor(relative_position_index(ws).reshape(-1), ms.int32)
         self.attn_drop = nn.Dropout(p=attn_drop)
-        self.proj = dense(self.dim, self.dim)
-        self._matmul_t = ops.MatMul(transpose_b=True)  # x @ W.T, as nn.Dense computes it
+        self.proj = dense(self.dim, self.dim, formulation=self.formulation)
+        self.linear = linear(self.formulation)  # proj's computation, with scaled weights
         self.bmm = ops.BatchMatMul()
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
@@ -110,7 +115,7 @@ class WindowAttention(nn.Cell):
             out = self.proj(out)
         else:  # out_scale * proj(out), with the scale on the (C, C) weights, not on the activations
             weight, bias = self.proj.weight * out_scale, self.proj.bias * out_scale
-            out = self.bias_add(self._matmul_t(out, weight.astype(out.dtype)), bias.astype(out.dtype))
+            out = self.linear(out, weight.astype(out.dtype), bias.astype(out.dtype))
         return out.reshape(-1, h, w, self.dim)
 
     def construct(self, x, mask=None):
@@ -136,8 +141,7 @@ class WindowAttentionACmix(WindowAttention):
                  proj_drop=0.0, kernel_conv=3, paths='both', learnable_shift=True, formulation=None):
         check_odd('kernel_conv', kernel_conv)
         self.use_att, self.use_conv = acmix_paths(paths)
-        super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
-        self.formulation = resolve_formulation(formulation)
+        super().__init__(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop, formulation)
         self.kernel_conv = kernel_conv
         if self.use_conv:
             k2 = kernel_conv * kernel_conv

@@ -5,7 +5,6 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..layers import (
-    GELU,
     DropPath,
     WindowAttention,
     WindowAttentionACmix,
@@ -13,15 +12,17 @@ from ..layers import (
     roll_hw,
     shifted_window_mask,
 )
+from ..layers.formulation import gelu
+from ..layers.formulation import layer_norm as formulation_layer_norm
 from ..layers.padding import zero_pad_axis
 from ..layers.window_acmix import dense
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
 from .registry import InputSizeError, register_model
 
 
-def layer_norm(dim):
+def layer_norm(dim, formulation=None):
     # MindSpore's default epsilon is 1e-7; Swin uses torch's 1e-5.
-    return nn.LayerNorm((dim,), epsilon=1e-5)
+    return formulation_layer_norm(resolve_formulation(formulation), dim, 1e-5)
 
 
 def _pair(size):
@@ -57,11 +58,11 @@ def pad_bottom_right(x, h_axis, pad_h, pad_w):
 
 
 class Mlp(nn.Cell):
-    def __init__(self, dim, hidden, drop=0.0):
+    def __init__(self, dim, hidden, drop=0.0, formulation=None):
         super().__init__()
-        self.fc1 = dense(dim, hidden)
-        self.act = GELU()  # exact (erf), as torch's default
-        self.fc2 = dense(hidden, dim)
+        self.fc1 = dense(dim, hidden, formulation=formulation)
+        self.act = gelu(resolve_formulation(formulation))  # exact (erf), as torch's default
+        self.fc2 = dense(hidden, dim, formulation=formulation)
         self.drop = nn.Dropout(p=drop)
 
     def construct(self, x):
@@ -77,7 +78,7 @@ class SwinBlock(nn.Cell):
     zero-padded at the bottom/right after norm1, shifted, attended and cropped back, as in the
     official Swin detection backbone (which has no such rule); the shift mask is built for the
     padded size. formulation ('portable', 'cpu' or None: the device target decides) applies to the
-    ACmix attention and to DropPath."""
+    attention, the LayerNorms, the Dense layers and DropPath."""
 
     def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0,
@@ -91,15 +92,14 @@ class SwinBlock(nn.Cell):
         h, w = resolution
         self.padded_resolution = (_ceil_div(h, window_size) * window_size, _ceil_div(w, window_size) * window_size)
         self.pad = (self.padded_resolution[0] - h, self.padded_resolution[1] - w)
-        self.norm1 = layer_norm(dim)
-        if acmix:
-            acmix_kwargs['formulation'] = formulation
+        formulation = resolve_formulation(formulation)
+        self.norm1 = layer_norm(dim, formulation)
         attn_cls = WindowAttentionACmix if acmix else WindowAttention
         self.attn = attn_cls(dim, window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                             attn_drop=attn_drop, proj_drop=drop, **acmix_kwargs)
+                             attn_drop=attn_drop, proj_drop=drop, formulation=formulation, **acmix_kwargs)
         self.drop_path = DropPath(drop_path, formulation) if drop_path > 0 else nn.Identity()
-        self.norm2 = layer_norm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.norm2 = layer_norm(dim, formulation)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, formulation)
         self.attn_mask = None
         if shift_size > 0:
             self.attn_mask = Tensor(shifted_window_mask(*self.padded_resolution, window_size, shift_size), ms.float32)
@@ -127,13 +127,14 @@ class PatchMerging(nn.Cell):
     bottom/right first (as the official detection backbone). The four neighbours are taken by
     reshaping rather than strided slicing, whose gradient crashes on CPU."""
 
-    def __init__(self, resolution, dim):
+    def __init__(self, resolution, dim, formulation=None):
         super().__init__()
         self.resolution = resolution
         h, w = resolution
         self.pad = (h % 2, w % 2)
-        self.norm = layer_norm(4 * dim)
-        self.reduction = dense(4 * dim, 2 * dim, has_bias=False)
+        formulation = resolve_formulation(formulation)
+        self.norm = layer_norm(4 * dim, formulation)
+        self.reduction = dense(4 * dim, 2 * dim, has_bias=False, formulation=formulation)
 
     def construct(self, x):
         b, _, c = x.shape
@@ -151,13 +152,14 @@ class BasicLayer(nn.Cell):
     """A stage: its blocks, then the patch merging into the next one. construct returns both the
     stage's output and the merged map (the output itself for the last stage)."""
 
-    def __init__(self, dim, resolution, depth, num_heads, window_size, drop_path, downsample, **kwargs):
+    def __init__(self, dim, resolution, depth, num_heads, window_size, drop_path, downsample, formulation=None,
+                 **kwargs):
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.CellList([
             SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                      drop_path=drop_path[i], **kwargs) for i in range(depth)])
-        self.downsample = PatchMerging(resolution, dim) if downsample else None
+                      drop_path=drop_path[i], formulation=formulation, **kwargs) for i in range(depth)])
+        self.downsample = PatchMerging(resolution, dim, formulation) if downsample else None
 
     def construct(self, x):
         for blk in self.blocks:
@@ -171,13 +173,13 @@ class PatchEmbed(nn.Cell):
     """Non-overlapping patch projection + LayerNorm; the image is zero-padded at the bottom/right
     to a multiple of the patch size first (as the official detection backbone)."""
 
-    def __init__(self, img_size, patch_size, in_chans, embed_dim):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, formulation=None):
         super().__init__()
         h, w = img_size
         self.pad = (-h % patch_size, -w % patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode='valid',
                               has_bias=True)
-        self.norm = layer_norm(embed_dim)
+        self.norm = layer_norm(embed_dim, formulation)
 
     def construct(self, x):
         if self.pad != (0, 0):
@@ -195,8 +197,8 @@ class SwinTransformer(nn.Cell):
     back, as in the official Swin detection backbone; sizes that need no padding (224 at window 7)
     compute exactly the official classification model. Absolute position embedding is not supported
     (the official ACmix models do not use it). `formulation` ('portable', 'cpu' or None: the device
-    target decides, see src/layers/formulation.py) picks the ACmix layers' convolution path and how
-    DropPath applies its mask, in the ACmix and the plain Swin.
+    target decides, see src/layers/formulation.py) picks the ACmix layers' convolution path, how
+    DropPath applies its mask and how LayerNorm and Dense compute, in the ACmix and the plain Swin.
 
     features_only: instead of logits, construct returns a tuple of NCHW maps, one per stage in
     `out_indices` (each stage's output before its patch merging, normalised by a LayerNorm of its
@@ -217,7 +219,8 @@ class SwinTransformer(nn.Cell):
             raise ValueError(f'depths {depths} and num_heads {num_heads} differ in length')
         self.img_size = _pair(img_size)
         self.resolutions = tuple(stage_resolutions(self.img_size, patch_size, len(depths)))
-        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
+        self.formulation = formulation = resolve_formulation(formulation)
+        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, formulation)
         self.pos_drop = nn.Dropout(p=drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
         acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift) if acmix else {}
@@ -229,7 +232,7 @@ class SwinTransformer(nn.Cell):
                 dims[i], self.resolutions[i], depth, num_heads[i], window_size,
                 dpr[start:start + depth], downsample=i < len(depths) - 1, mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
-                acmix=acmix, formulation=resolve_formulation(formulation), **acmix_kwargs))
+                acmix=acmix, formulation=formulation, **acmix_kwargs))
         self.layers = nn.CellList(layers)
         # whether some map is zero-padded: not a size the official classification model takes
         pads = [self.patch_embed.pad] + [cell.pad for layer in layers for cell in
@@ -244,13 +247,13 @@ class SwinTransformer(nn.Cell):
                                              [f'layers.{i}' for i in range(len(depths))], self.out_indices)
             self.out_norm_names = tuple(f'norm{i}' for i in self.out_indices)
             for name, i in zip(self.out_norm_names, self.out_indices):
-                setattr(self, name, layer_norm(dims[i]))
+                setattr(self, name, layer_norm(dims[i], formulation))
             # a classification checkpoint has the final norm and head, and no per-output norms
             self.checkpoint_skip_prefixes = ('norm.', 'head.')
             self.optional_checkpoint_prefixes = tuple(name + '.' for name in self.out_norm_names)
             self.num_classes = 0
         else:
-            self.norm = layer_norm(self.num_features)
+            self.norm = layer_norm(self.num_features, formulation)
             self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes):
@@ -259,7 +262,8 @@ class SwinTransformer(nn.Cell):
         if self.features_only:
             raise ValueError('a features_only model has no classifier')
         self.num_classes = num_classes
-        self.head = dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = dense(self.num_features, num_classes, formulation=self.formulation) if num_classes > 0 \
+            else nn.Identity()
         forget_compiled_graphs(self)
 
     def _embed(self, x):

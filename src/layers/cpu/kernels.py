@@ -1,20 +1,24 @@
 """Hand-written CPU kernels, compiled on first use and run through `ops.Custom(func_type='aot')`.
 
-One kernel pair so far: the convolution path of the Swin ACmix layer, fc and grouped convolution
-fused (`csrc/conv_path.cc`; its header says why), used by the CPU formulation (`..formulation`). Layers
-ask `conv_path_ops(kernel_size)` when they are built. It returns None, and the layer runs the
-portable convolution path (`..conv_path.ConvolutionPath`) instead, when
+Kernel pairs (forward, backward) in one library built from `csrc/` (each source says why it exists),
+used by the CPU formulation (`..formulation`): the convolution path of the Swin ACmix layer, fc and
+grouped convolution fused (`conv_path_ops`), LayerNorm over the last axis (`layer_norm_ops`) and the
+exact GELU (`gelu_ops`). Layers ask for them when they are built. A function returns None, and the
+layer runs MindSpore ops instead (the portable convolution path `..conv_path.ConvolutionPath`,
+nn.LayerNorm, `..activation.GELU`), when
 * the device target is not CPU (the kernels are C++ for the host);
-* the convolution is larger than MAX_KERNEL_SIZE (7x7);
+* for the convolution path, its kernel is larger than MAX_KERNEL_SIZE (7x7);
 * the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
   the environment variable `ACMIX_CPU_KERNELS=0`;
 * the library cannot be built (no C++ compiler, say); a warning says why, once per process.
+All are float32; the layers run their ops form for other dtypes (mixed precision).
 
 The library is compiled from the sources of `csrc/` with `$CXX` (default g++) into
 `$ACMIX_KERNEL_CACHE` (default `~/.cache/acmix_mindspore`), named by a hash of the sources, compiler
 and flags, so an edited source rebuilds and concurrent processes (one per device under msrun) never
-see a half-written file. The kernels run one image per thread on as many threads as the process may
-use (its CPU affinity); `ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
+see a half-written file. The kernels run on as many threads as the process may use (its CPU affinity;
+the convolution path one image per thread, the others blocks of rows or elements);
+`ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
 """
 import contextlib
 import hashlib
@@ -97,7 +101,7 @@ def _library():
             _state['library'] = build_library()
         except RuntimeError as err:
             _state['error'] = err
-            warnings.warn(f'CPU kernels unavailable, the Swin ACmix convolution path falls back to slower ops: {err}')
+            warnings.warn(f'CPU kernels unavailable, the CPU formulation falls back to slower MindSpore ops: {err}')
     return _state['library']
 
 
@@ -112,6 +116,13 @@ def map_size(qkv_shape):
     return b, hn * ws, wn * ws
 
 
+def _kernel_library():
+    """The library's path, or None when the kernels are off, the device is not CPU or it cannot be built."""
+    if not _state['enabled'] or ms.get_context('device_target') != 'CPU':
+        return None
+    return _library()
+
+
 def conv_path_ops(kernel_size):
     """(forward, backward) Custom ops of the fused Swin ACmix convolution path for a
     kernel_size x kernel_size convolution, or None when the kernels are off, the device is not
@@ -122,9 +133,7 @@ def conv_path_ops(kernel_size):
     qkv may instead be window-partitioned, (B, H / ws, W / ws, ws * ws, 3C); the output is the whole map
     (B, H, W, C) either way.
     """
-    if not _state['enabled'] or kernel_size > MAX_KERNEL_SIZE or ms.get_context('device_target') != 'CPU':
-        return None
-    library = _library()
+    library = _kernel_library() if kernel_size <= MAX_KERNEL_SIZE else None
     if library is None:
         return None
     forward = ops.Custom(f'{library}:FcConvForward', func_type='aot',
@@ -133,4 +142,36 @@ def conv_path_ops(kernel_size):
     backward = ops.Custom(f'{library}:FcConvBackward', func_type='aot',
                           out_shape=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w),
                           out_dtype=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w))
+    return forward, backward
+
+
+def layer_norm_ops():
+    """(forward, backward) Custom ops of a LayerNorm over the last axis, or None as conv_path_ops.
+    float32 only.
+
+    forward(x (..., C), gamma (C), beta (C), eps (1,)) -> y (x's shape)
+    backward(x, gamma, eps, dy) -> dx, dgamma, dbeta
+    """
+    library = _kernel_library()
+    if library is None:
+        return None
+    forward = ops.Custom(f'{library}:LayerNormForward', func_type='aot',
+                         out_shape=lambda x, gamma, beta, eps: x, out_dtype=lambda x, gamma, beta, eps: x)
+    backward = ops.Custom(f'{library}:LayerNormBackward', func_type='aot',
+                          out_shape=lambda x, gamma, eps, dy: (x, gamma, gamma),
+                          out_dtype=lambda x, gamma, eps, dy: (x, gamma, gamma))
+    return forward, backward
+
+
+def gelu_ops():
+    """(forward, backward) Custom ops of the exact GELU, or None as conv_path_ops. float32 only.
+
+    forward(x) -> x * Phi(x); backward(x, dy) -> dx
+    """
+    library = _kernel_library()
+    if library is None:
+        return None
+    forward = ops.Custom(f'{library}:GeluForward', func_type='aot', out_shape=lambda x: x, out_dtype=lambda x: x)
+    backward = ops.Custom(f'{library}:GeluBackward', func_type='aot', out_shape=lambda x, dy: x,
+                          out_dtype=lambda x, dy: x)
     return forward, backward
