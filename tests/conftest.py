@@ -12,8 +12,10 @@ import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from src.engine.context import use_device  # noqa: E402
+
 ms.set_context(mode=ms.GRAPH_MODE)
-ms.set_device('CPU')
+use_device('CPU')  # as the entry points set it up
 
 
 @pytest.fixture(params=['cpu', 'portable'])

@@ -6,10 +6,11 @@ import src  # noqa: F401  (environment defaults before MindSpore loads)
 import mindspore as ms
 from mindspore.communication import get_group_size, get_rank, init
 
+from src.engine.context import use_device
 from src.engine.train_step import AllRanksFinite
 
 ms.set_context(mode=ms.GRAPH_MODE)
-ms.set_device('CPU')
+use_device('CPU')
 init()
 rank, group_size = get_rank(), get_group_size()
 all_ranks_finite = AllRanksFinite()

@@ -112,6 +112,24 @@ def test_training_with_operator_fusion_gives_the_same_losses(tiny_imagefolder, t
         assert a['val_top1'] == b['val_top1']
 
 
+def test_cpu_dispatch_runs_on_the_calling_thread_unless_the_environment_says_otherwise():
+    """On CPU setup_context turns on MindSpore's single-threaded dispatch (its waiting thread would
+    otherwise spin on a core the kernels need), before anything runs; an explicit value is kept."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ('import os, src; from src.engine.context import HOST_BLOCKING_ENV, setup_context; '
+            "setup_context('CPU'); print(os.environ.get(HOST_BLOCKING_ENV))")
+    for given, expected in ((None, '1'), ('0', '0')):
+        env = {k: v for k, v in os.environ.items() if k != 'MS_DEV_HOST_BLOCKING_RUN'}
+        if given is not None:
+            env['MS_DEV_HOST_BLOCKING_RUN'] = given
+        proc = subprocess.run([sys.executable, '-c', code], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-1] == expected
+
+
 def test_device_settings_reach_mindspore(tiny_imagefolder, tmp_path):
     """max_device_memory is set once per process (a subprocess here); ascend_precision_mode is noted
     and ignored off Ascend."""

@@ -32,6 +32,25 @@ def launched_distributed():
 
 _memory_limit = []  # ms.runtime.set_memory may be called once per process
 
+# MindSpore 2.10 hands every launch to a dispatch thread (AsyncRQueue), and the thread that waits for the
+# result (the Python loop reading a loss, asnumpy) waits in a busy loop. On an accelerator the host's
+# cores are otherwise idle; on CPU that loop takes a core from the kernels for the whole step (with two
+# cores, half the machine). MS_DEV_HOST_BLOCKING_RUN=1, MindSpore's documented switch to single-threaded
+# dispatch, runs each launch on the calling thread instead. It is read once, at the process's first
+# launch, so it is set before anything runs; an explicit value in the environment wins.
+HOST_BLOCKING_ENV = 'MS_DEV_HOST_BLOCKING_RUN'
+
+
+def use_device(device_target, device_id=None):
+    """ms.set_device(device_target[, device_id]); on CPU, first single-threaded dispatch (HOST_BLOCKING_ENV)
+    unless the environment already sets it."""
+    if device_target == 'CPU':
+        os.environ.setdefault(HOST_BLOCKING_ENV, '1')
+    if device_id is None:
+        ms.set_device(device_target)
+    else:
+        ms.set_device(device_target, int(device_id))
+
 
 def apply_device_settings(device_target, max_device_memory='', precision_mode=''):
     """The device settings of the config: the memory pool's limit (any device) and, on Ascend, the
@@ -65,10 +84,7 @@ def setup_context(device_target='CPU', mode='graph', distributed=None, data_para
         raise DeviceError(f"device_target '{device_target}' is not available here; this machine has: "
                           f"{', '.join(devices)}")
     device_id = os.environ.get('DEVICE_ID')  # set per rank by rank-table launch scripts
-    if device_id is not None and device_target != 'CPU':
-        ms.set_device(device_target, int(device_id))
-    else:
-        ms.set_device(device_target)
+    use_device(device_target, device_id if device_target != 'CPU' else None)
     apply_device_settings(device_target, max_device_memory, precision_mode)
     if distributed is None:
         distributed = launched_distributed()

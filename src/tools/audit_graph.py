@@ -278,12 +278,13 @@ def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
 
     import src  # noqa: F401
 
+    from ..engine.context import use_device
     from ..engine.optim import build_optimizer
     from ..engine.train_step import EMA_PREFIX, WeightEMA, make_train_step
     from ..engine.trainer import SoftTargetCrossEntropy
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
+    use_device('CPU')
     cfg, net = _audit_model(arch, image_size, formulation)
     size = cfg.image_size
     images = Tensor(np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32))

@@ -82,11 +82,12 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
     from mindspore import Tensor, nn
 
     import src  # noqa: F401
+    from src.engine.context import use_device
     from src.engine.train_step import make_train_step
     from src.models import create_model, size_overrides
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(device_target)
+    use_device(device_target)
     if threads:
         ms.device_context.cpu.op_tuning.threads_num(threads)
     net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
