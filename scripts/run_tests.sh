@@ -3,7 +3,8 @@
 #   bash scripts/run_tests.sh [pytest arguments, test files or folders (default: tests)]
 # PYTHON=/path/to/python uses that interpreter when it already has mindspore; otherwise .venv is
 # created. torch is installed into .venv for the parity tests against the official formulation
-# (set ACMIX_TEST_TORCH=0 to skip it; those tests are then reported as skipped).
+# (set ACMIX_TEST_TORCH=0 to skip it; those tests are then reported as skipped), and mindcv for the
+# benchmark's comparison with mindcv's Swin-T.
 # First `ruff check` (pyproject.toml) over the whole tree: a violation fails the run before any test.
 # ruff is installed into .venv; a $PYTHON without it skips the lint with a warning.
 set -euo pipefail
@@ -12,7 +13,7 @@ acmix_python
 if [ "${ACMIX_TEST_TORCH:-1}" = 1 ]; then
     acmix_optional torch==2.13.0
 fi
-acmix_optional matplotlib ruff==0.17.6
+acmix_optional matplotlib ruff==0.17.6 mindcv==0.3.0 tqdm
 cd "$ACMIX_ROOT"
 if "$PY" -m ruff --version >/dev/null 2>&1; then
     "$PY" -m ruff check --quiet . || { echo "error: ruff check found the violations above" >&2; exit 1; }

@@ -8,7 +8,14 @@ import pytest
 from conftest import ROOT
 from src.errors import UserError
 from src.tools import benchmark
-from src.tools.benchmark import KEYS, OFFICIAL_MODELS, combine_rounds, compile_seconds, format_ratios, format_table
+from src.tools.benchmark import (
+    KEYS,
+    OFFICIAL_MODELS,
+    combine_rounds,
+    compile_seconds,
+    format_ratios,
+    format_table,
+)
 
 
 def test_benchmark_smoke(tmp_path):
@@ -142,4 +149,34 @@ def test_official_errors_before_anything_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, 'run_isolated', lambda *args: ran.append(args))
     with pytest.raises(UserError, match='PyTorch, which is not installed'):
         benchmark.main(['--arch', 'swin_mini', '--official'])
+    assert not ran
+
+
+def test_mindcv_worker_times_mindcvs_model_in_our_set_up():
+    pytest.importorskip('mindcv')
+    record = benchmark.run_one('mindcv:swin_tiny', 'infer', 1, 224, 'CPU', warmup=1, steps=1)
+    assert tuple(record) == KEYS and record['arch'] == 'mindcv:swin_tiny' and record['step_s'] > 0
+
+
+def test_ratios_pair_a_model_with_mindcvs():
+    def rec(arch, step):
+        return dict(arch=arch, mode='infer', batch_size=8, image_size=224, compile_s=1.0, first_step_s=2.0,
+                    step_s=step, images_per_s=8 / step, peak_rss_gb=1.0)
+    assert format_ratios([rec('swin_x', 2.0), rec('mindcv:swin_x', 3.0)]) == (
+        'swin_x / mindcv:swin_x infer: throughput x1.50, peak memory x1.00')
+
+
+def test_mindcv_errors_before_anything_runs(monkeypatch):
+    find_spec = benchmark.importlib.util.find_spec
+    monkeypatch.setattr(benchmark.importlib.util, 'find_spec',
+                        lambda name, *rest: object() if name == 'mindcv' else find_spec(name, *rest))
+    with pytest.raises(UserError, match='none of acmix_swin_tiny has a mindcv model'):
+        benchmark.check_mindcv(['acmix_swin_tiny'])
+    assert benchmark.check_mindcv(['acmix_swin_tiny', 'swin_tiny']) == ['swin_tiny']
+    monkeypatch.setattr(benchmark.importlib.util, 'find_spec',
+                        lambda name, *rest: None if name == 'mindcv' else find_spec(name, *rest))
+    ran = []
+    monkeypatch.setattr(benchmark, 'run_isolated', lambda *args: ran.append(args))
+    with pytest.raises(UserError, match='mindcv, which is not installed'):
+        benchmark.main(['--arch', 'swin_tiny', '--mindcv'])
     assert not ran

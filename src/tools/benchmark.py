@@ -2,7 +2,7 @@
 
     python -m src.tools.benchmark --arch acmix_swin_tiny swin_tiny --mode infer train \\
         --batch_size 8 --image_size 224 [--device_target CPU] [--formulation cpu|portable] [--steps 5] \\
-        [--rounds 3] [--threads 2] [--official] [--json out.json]
+        [--rounds 3] [--threads 2] [--official] [--mindcv] [--json out.json]
 
 Each run builds the model, compiles and runs `--warmup` steps, then times `--steps` steps and
 reports the median. compile_s is graph compilation alone, the time between MindSpore's own "Start
@@ -22,6 +22,10 @@ tests/torch_reference.py; needs torch, CPU only) of each listed model that has o
 threads: MindSpore's CPU kernels and the ACmix C++ kernels, or PyTorch's intra-op pool. A PyTorch
 run has no graph to compile: its compile_s is None, and its peak memory, like ours, includes the
 framework's own libraries.
+
+--mindcv also times mindcv's model of the same architecture where it has one (MINDCV_MODELS: its plain
+Swin-T), as `mindcv:<arch>` right after ours: the same framework, device set-up, inputs and training
+step (needs the package mindcv), and prints <arch> / mindcv:<arch> ratios.
 """
 import argparse
 import importlib.util
@@ -49,6 +53,9 @@ COMPILE_EVENT = re.compile(r'(\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)\.(\d{3})\.(\d{3}) 
 COMPILE_LOG_ENV = {'MS_SUBMODULE_LOG_v': '{PIPELINE:1}', 'GLOG_logtostderr': '1'}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OFFICIAL_PREFIX = 'official:'
+MINDCV_PREFIX = 'mindcv:'
+# arch -> mindcv's model of that architecture (mindcv.models.create_model name), built with its defaults
+MINDCV_MODELS = {'swin_tiny': 'swin_tiny'}
 # Test-only code, imported by path and only by an official worker: without --official neither it nor
 # torch is needed.
 TORCH_REFERENCE = os.path.join(ROOT, 'tests', 'torch_reference.py')
@@ -76,7 +83,8 @@ OFFICIAL_MODELS = {
 def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None, threads=None):
     """Measure one (arch, mode) in this process; returns a record with KEYS, compile_s None: the
     parent process reads it from this process's log (compile_seconds). threads: of MindSpore's CPU
-    kernels (None: its default); the ACmix C++ kernels read theirs from ACMIX_KERNEL_THREADS."""
+    kernels (None: its default); the ACmix C++ kernels read theirs from ACMIX_KERNEL_THREADS. An arch
+    mindcv:<arch> is mindcv's model MINDCV_MODELS[arch], in the same set-up."""
     import mindspore as ms
     import numpy as np
     from mindspore import Tensor, nn
@@ -90,7 +98,11 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
     use_device(device_target)
     if threads:
         ms.device_context.cpu.op_tuning.threads_num(threads)
-    net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
+    if arch.startswith(MINDCV_PREFIX):
+        from mindcv.models import create_model as create_mindcv_model
+        net = create_mindcv_model(MINDCV_MODELS[arch[len(MINDCV_PREFIX):]], num_classes=1000)
+    else:
+        net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
     images = Tensor(np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
     labels = Tensor(np.arange(batch_size, dtype=np.int32) % 1000)
     if mode == 'infer':
@@ -249,13 +261,14 @@ def _measured(records):
 def _partners(arch):
     """What a record of `arch` is compared with: (partner arch, the measure, the record's ratio to
     the partner's in it)."""
-    if arch.startswith(OFFICIAL_PREFIX):
+    if arch.startswith((OFFICIAL_PREFIX, MINDCV_PREFIX)):
         return []
     partners = []
     if arch.startswith('acmix_'):
         partners.append((arch[len('acmix_'):], 'step time', lambda r, p: r['step_s'] / p['step_s']))
     # throughput, so that above 1 reads as "ours is faster"
     partners.append((OFFICIAL_PREFIX + arch, 'throughput', lambda r, p: p['step_s'] / r['step_s']))
+    partners.append((MINDCV_PREFIX + arch, 'throughput', lambda r, p: p['step_s'] / r['step_s']))
     return partners
 
 
@@ -327,6 +340,19 @@ def check_official(archs, device_target):
     return with_official
 
 
+def check_mindcv(archs):
+    """The archs of `archs` that --mindcv times mindcv's model of, in their order; a UserError, before
+    anything runs, when it cannot time any."""
+    if importlib.util.find_spec('mindcv') is None:
+        raise UserError('--mindcv times models of the package mindcv, which is not installed '
+                        '(pip install mindcv==0.3.0 tqdm)')
+    with_mindcv = [a for a in archs if a in MINDCV_MODELS]
+    if not with_mindcv:
+        raise UserError(f'--mindcv: none of {", ".join(archs)} has a mindcv model to time; these do: '
+                        f'{", ".join(MINDCV_MODELS)}')
+    return with_mindcv
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', nargs='+', required=True)
@@ -349,6 +375,9 @@ def main(argv=None):
     parser.add_argument('--official', action='store_true',
                         help='also time the official formulation in PyTorch, tests/torch_reference.py, of each '
                              'model that has one (needs torch; CPU only)')
+    parser.add_argument('--mindcv', action='store_true',
+                        help='also time mindcv\'s model of each listed architecture that has one '
+                             f'({", ".join(MINDCV_MODELS)}; needs mindcv)')
     parser.add_argument('--json', default=None, help='write the records to this file')
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -375,13 +404,15 @@ def main(argv=None):
     if unknown:
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
     with_official = check_official(args.arch, args.device_target) if args.official else []
+    with_mindcv = check_mindcv(args.arch) if args.mindcv else []
     names = [name for arch in args.arch
-             for name in [arch] + ([OFFICIAL_PREFIX + arch] if arch in with_official else [])]
+             for name in [arch] + ([OFFICIAL_PREFIX + arch] if arch in with_official else [])
+             + ([MINDCV_PREFIX + arch] if arch in with_mindcv else [])]
     rounds = []
     for round_index in range(args.rounds):
         # Mode by mode, so that an ACmix model and its plain twin run back to back in the same mode
-        # (the machine's speed drifts over minutes), each followed by its official formulation;
-        # the records keep the arch-by-arch order.
+        # (the machine's speed drifts over minutes), each followed by its official formulation and
+        # mindcv's model; the records keep the arch-by-arch order.
         measured = {}
         for mode in args.mode:
             for name in names:
