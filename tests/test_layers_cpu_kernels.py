@@ -43,14 +43,17 @@ class _OfficialConvPath(nn.Cell):
 
 @needs_compiler
 @pytest.mark.parametrize('b,h,w,dim,num_heads,k', [
-    (2, 8, 12, 24, 2, 3),   # 2 outputs per group, a row shorter than a register block
-    (2, 7, 7, 36, 3, 3),    # 3 outputs per group (stage 1 of Swin-T)
-    (1, 5, 6, 20, 5, 5),    # 5x5, batch 1, one output channel at a time
+    (2, 8, 12, 16, 2, 3),   # 2 outputs per group, rows of 12 pixels: two tiles of 6
+    (2, 7, 7, 24, 3, 3),    # 3 outputs per group (stage 1 of Swin-T), a row ending inside a tile
+    (1, 5, 6, 40, 5, 5),    # 5x5, batch 1, one output per tile: 5 heads, no other divisor
     (3, 11, 4, 16, 1, 3),   # one head: one group per head_dim index, tall and narrow
-    (2, 6, 17, 48, 4, 3),   # 4 outputs per group, a row longer than a register block
+    (2, 6, 17, 64, 4, 3),   # 4 outputs per group, two blocks of 8 groups
+    (1, 7, 7, 96, 12, 3),   # 12 outputs per group, four tiles of 3 (stage 3 of Swin-T)
+    (2, 4, 5, 24, 3, 1),    # 1x1
+    (1, 9, 8, 16, 2, 7),    # 7x7, taller than the map is wide
 ])
 def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
-    kernels = conv_path_ops(k)
+    kernels = conv_path_ops(k, dim // num_heads)
     assert kernels is not None
     rng = np.random.default_rng(0)
     k2 = k * k
@@ -71,13 +74,13 @@ def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
 
 @needs_compiler
 @pytest.mark.parametrize('b,h,w,ws,dim,num_heads', [
-    (2, 8, 12, 4, 24, 2),   # windows narrower than a register block of 8 pixels
-    (1, 14, 7, 7, 36, 3),   # Swin's 7x7 windows, two windows of a column
+    (2, 8, 12, 4, 16, 2),   # windows narrower than a register tile of 6 pixels
+    (1, 14, 7, 7, 24, 3),   # Swin's 7x7 windows, two windows of a column
 ])
 def test_conv_path_kernel_reads_window_partitioned_maps(b, h, w, ws, dim, num_heads):
     """The kernel on a window-partitioned qkv, (B, H/ws, W/ws, ws*ws, 3C), gives the convolution of
     the whole map, the same values bit for bit, and the partitioned qkv gradient."""
-    kernels = conv_path_ops(3)
+    kernels = conv_path_ops(3, dim // num_heads)
     rng = np.random.default_rng(0)
     args = [Tensor(rng.normal(size=shape).astype(np.float32)) for shape in
             ((b, h, w, 3 * dim), (9, 3 * num_heads), (9,), (dim, 9, 3, 3))]
@@ -103,9 +106,9 @@ def test_conv_path_kernel_reads_window_partitioned_maps(b, h, w, ws, dim, num_he
 
 @needs_compiler
 def test_windowed_layer_under_mixed_precision_runs_the_portable_path_on_the_whole_map():
-    layer = WindowAttentionACmix(24, 4, 2, formulation='cpu')
+    layer = WindowAttentionACmix(16, 4, 2, formulation='cpu')
     assert layer.windowed
-    x = np.random.default_rng(0).normal(size=(2, 8, 8, 24)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 16)).astype(np.float32)
     mask = Tensor(shifted_window_mask(8, 8, 4, 2))
     want = layer(Tensor(x), mask).asnumpy()
     layer.to_float(ms.float16)
@@ -143,29 +146,32 @@ def test_without_a_compiler_the_layer_falls_back_with_a_warning(monkeypatch, tmp
     monkeypatch.setenv('ACMIX_KERNEL_CACHE', str(tmp_path))
     monkeypatch.setattr(cpu_kernels, '_state', {'enabled': True, 'library': None, 'error': None})
     with pytest.warns(UserWarning, match='CPU kernels unavailable'):
-        cell = WindowAttentionACmix(8, 4, 2, formulation='cpu')
+        cell = WindowAttentionACmix(16, 4, 2, formulation='cpu')
     assert isinstance(cell.conv_path, ConvolutionPath)
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # said once per process, not once per layer
-        assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
+        assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
 
 
 @needs_compiler
 def test_kernels_can_be_switched_off_for_a_block():
     with kernels_enabled(False):
-        assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
+        assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
         with kernels_enabled(True):
-            assert _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
-        assert conv_path_ops(3) is None
-    assert _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='cpu'))
+            assert _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
+        assert conv_path_ops(3, 8) is None
+    assert _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
 
 
 @needs_compiler
-def test_kernel_only_in_the_cpu_formulation_and_up_to_its_size_limit():
-    assert _uses_kernel(WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE, formulation='cpu'))
-    assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2,
+def test_kernel_only_in_the_cpu_formulation_up_to_its_size_limit_and_for_blocks_of_8_groups():
+    assert _uses_kernel(WindowAttentionACmix(16, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE, formulation='cpu'))
+    assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, kernel_conv=cpu_kernels.MAX_KERNEL_SIZE + 2,
                                                  formulation='cpu'))
-    assert not _uses_kernel(WindowAttentionACmix(8, 4, 2, formulation='portable'))
+    assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='portable'))
+    # a head_dim that is not a multiple of 8 (the kernel's vector of groups): the portable path
+    cell = WindowAttentionACmix(24, 4, 2, formulation='cpu')
+    assert not _uses_kernel(cell) and not cell.windowed and conv_path_ops(3, 12) is None
 
 
 def _values_and_grads(net, x, cot):

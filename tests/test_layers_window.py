@@ -23,7 +23,7 @@ from src.layers.cpu.kernels import conv_path_ops
 def _check_formulation(cell, formulation):
     """In the CPU formulation the convolution path is the C++ kernel wherever it can be built."""
     if cell.use_conv:
-        kernel_expected = formulation == 'cpu' and conv_path_ops(cell.kernel_conv) is not None
+        kernel_expected = formulation == 'cpu' and conv_path_ops(cell.kernel_conv, cell.head_dim) is not None
         assert isinstance(cell.conv_path, KernelConvolutionPath) == kernel_expected
 
 
@@ -129,12 +129,12 @@ def reference_window_acmix(cell, x, mask):
 @pytest.mark.parametrize('paths,shifted', [('both', True), ('both', False), ('conv', False), ('attention', True)])
 def test_window_acmix_matches_numpy(paths, shifted, formulation):
     rng = np.random.default_rng(0)
-    cell = WindowAttentionACmix(8, 4, 2, paths=paths, formulation=formulation)
+    cell = WindowAttentionACmix(16, 4, 2, paths=paths, formulation=formulation)
     _check_formulation(cell, formulation)
     for prm in cell.get_parameters():
         prm.set_data(Tensor(rng.normal(0, 0.5, prm.shape).astype(np.float32)))
     cell.set_train(False)
-    x = rng.normal(size=(2, 8, 8, 8)).astype(np.float32)
+    x = rng.normal(size=(2, 8, 8, 16)).astype(np.float32)
     mask = shifted_window_mask(8, 8, 4, 2) if shifted else None
     got = cell(Tensor(x), None if mask is None else Tensor(mask)).asnumpy()
     want = reference_window_acmix(cell, x.astype(np.float64), mask)
@@ -214,8 +214,8 @@ def _official_window_acmix(cell, x, mask):
 
 
 @pytest.mark.parametrize('dim,num_heads,kernel_conv,shifted,qkv_bias', [
-    (8, 2, 3, True, True), (8, 4, 5, False, True), (8, 2, 3, False, False),
-    (24, 12, 3, True, True),  # more outputs than inputs per convolution group
+    (16, 2, 3, True, True), (32, 4, 5, False, True), (16, 2, 3, False, False),
+    (96, 12, 3, True, True),  # more outputs than inputs per convolution group
 ])
 def test_window_acmix_gradients_match_autodiff(dim, num_heads, kernel_conv, shifted, qkv_bias, formulation):
     """The layer (convolution path as the CPU kernel or in portable ops) against autodiff of the

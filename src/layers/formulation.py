@@ -57,13 +57,13 @@ def convolution_path(formulation, num_heads, head_dim, out_channels, kernel_size
                      channels_last=False):
     """The convolution path: construct(qkv, fc_weight, fc_bias, dep_weight). In the CPU formulation
     the ResNet layout (NCHW) runs FoldConvolutionPath, the Swin layout (channels last, stride 1)
-    the C++ kernel where it can be built (else the portable path, with a warning)."""
+    the C++ kernel where it applies and can be built (else the portable path; see cpu/kernels.py)."""
     portable = ConvolutionPath(num_heads, head_dim, out_channels, kernel_size, stride, dilation, channels_last)
     if formulation != 'cpu':
         return portable
     if not channels_last:
         return FoldConvolutionPath(num_heads, head_dim, out_channels, kernel_size, stride, dilation)
-    kernel_ops = conv_path_ops(kernel_size) if stride == 1 and dilation == 1 else None
+    kernel_ops = conv_path_ops(kernel_size, head_dim) if stride == 1 and dilation == 1 else None
     return portable if kernel_ops is None else KernelConvolutionPath(kernel_ops, portable)
 
 

@@ -7,7 +7,8 @@ exact GELU (`gelu_ops`). Layers ask for them when they are built. A function ret
 layer runs MindSpore ops instead (the portable convolution path `..conv_path.ConvolutionPath`,
 nn.LayerNorm, `..activation.GELU`), when
 * the device target is not CPU (the kernels are C++ for the host);
-* for the convolution path, its kernel is larger than MAX_KERNEL_SIZE (7x7);
+* for the convolution path, its kernel is larger than MAX_KERNEL_SIZE (7x7) or head_dim is not a
+  multiple of GROUPS_PER_VECTOR (8; every registered Swin has 32);
 * the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
   the environment variable `ACMIX_CPU_KERNELS=0`;
 * the library cannot be built (no C++ compiler, say); a warning says why, once per process.
@@ -36,7 +37,8 @@ from mindspore import ops
 SOURCE_DIR = Path(__file__).resolve().parent / 'csrc'  # every .cc in it goes into the one library
 ENV_SWITCH = 'ACMIX_CPU_KERNELS'
 ENV_CACHE = 'ACMIX_KERNEL_CACHE'
-MAX_KERNEL_SIZE = 7  # the backward keeps k*k per-tap vectors on the stack (kMaxTaps in the source)
+MAX_KERNEL_SIZE = 7  # the convolution path's kernel is compiled for 1x1, 3x3, 5x5 and 7x7
+GROUPS_PER_VECTOR = 8  # it computes 8 groups (head_dim indices) per vector: head_dim must be a multiple
 
 _state = {'enabled': os.environ.get(ENV_SWITCH, '1') != '0', 'library': None, 'error': None}
 
@@ -123,17 +125,19 @@ def _kernel_library():
     return _library()
 
 
-def conv_path_ops(kernel_size):
+def conv_path_ops(kernel_size, head_dim):
     """(forward, backward) Custom ops of the fused Swin ACmix convolution path for a
-    kernel_size x kernel_size convolution, or None when the kernels are off, the device is not
-    CPU, kernel_size is over MAX_KERNEL_SIZE or the library cannot be built. float32 only.
+    kernel_size x kernel_size convolution with head_dim groups, or None when the kernels are off, the
+    device is not CPU, kernel_size is over MAX_KERNEL_SIZE, head_dim is not a multiple of
+    GROUPS_PER_VECTOR or the library cannot be built. float32 only.
 
     forward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
     backward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> gradients of the four inputs
     qkv may instead be window-partitioned, (B, H / ws, W / ws, ws * ws, 3C); the output is the whole map
     (B, H, W, C) either way.
     """
-    library = _kernel_library() if kernel_size <= MAX_KERNEL_SIZE else None
+    fits = kernel_size <= MAX_KERNEL_SIZE and head_dim % GROUPS_PER_VECTOR == 0
+    library = _kernel_library() if fits else None
     if library is None:
         return None
     forward = ops.Custom(f'{library}:FcConvForward', func_type='aot',

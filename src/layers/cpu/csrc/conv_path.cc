@@ -9,24 +9,33 @@
 // convolution with 9 input and 3-24 output channels per group far below the CPU's speed (its
 // forward copies k*k*9 values per pixel before a tiny matmul; its backward kernels are slower
 // still), and the fc needs the token-major qkv transposed to channel planes.
-// Here each image's f is built straight from the token-major qkv into zero-padded planes with row
-// pitch Wp = W + 2p. On that grid output (r, c) reads input (r + ky, c + kx) at flat offset
-// (r * Wp + c) + ky * Wp + kx, so every tap is one contiguous run over the flat output range
-// [0, H * Wp) and the inner loops are plain vector FMAs; the 2p garbage columns per row are dropped
-// when results are copied out. The backward pass recomputes f rather than keeping it.
+//
+// How: the hd groups are independent and alike, so the eight lanes of a vector hold eight
+// consecutive groups d (a "d-block"; hd must be a multiple of 8) and every loop runs the same
+// arithmetic for all eight at once. qkv keeps its token-major layout: for pixel p and head channel
+// i the eight values qkv[p][i*hd + d] of a d-block are contiguous, so the fc reads them with one
+// load and writes dqkv with one store, with no transposes. f lives in a ring of k padded rows,
+// [column][d-block][j][lane], computed one row ahead of the convolution (and recomputed by the
+// backward pass rather than kept); the per-group weights are rearranged once per call so that
+// each tap's weights of a d-block are one vector. The inner loops are register tiles of FMAs:
+// a few pixels by a few outputs (or, for the weight gradients, a few f channels by a few heads),
+// each load shared by a row or column of the tile. Only y and dy, whose channel d*nh + m puts the
+// heads of one group next to each other, are regrouped per pixel, C scalar moves against the
+// 108*C multiply-adds of a pixel.
 //
 // Entry points (MindSpore aot signature; params are the inputs, then the outputs; float32):
 //   FcConvForward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> y (B, H, W, C)
 //     qkv channel i*hd + d (i < 3nh, d < hd = C / nh), as nn.Dense writes it; y token-major too.
 //   FcConvBackward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> dqkv (qkv's shape), dfc_w, dfc_b, ddep_w
-//     Weight gradients are summed in double.
+//     Weight gradients are summed in float within a row of an image, the rows in double.
 // qkv (and so dqkv) may also come window-partitioned, (B, H / ws, W / ws, ws * ws, 3C) (Swin's
 // window_partition order, viewed with five axes); y and dy are the whole map (B, H, W, C) either way.
 // Only qkv's token addresses differ, so the results are the same values: the Swin layer feeds the qkv
 // of its windows, which its attention uses too, and never partitions the 3C-wide map.
+// A call with hd not a multiple of 8 or k not one of 1, 3, 5, 7 returns 1 (kernels.py never makes one).
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -35,64 +44,13 @@ using namespace acmix;
 
 namespace {
 
-constexpr int64_t kBlock = 16;  // output pixels per register block (two v8)
-constexpr int64_t kMaxTaps = 49;  // k * k for kernels up to 7 x 7 (cpu_kernels.MAX_KERNEL_SIZE)
+constexpr int64_t kMaxTile = 12;  // pixels of the widest register tile: the rows' zero margin
 
-// Geometry of the padded planes.
-struct Grid {
-  int64_t H, W, K, P, Wp, len, plane;  // len: flat output range rounded up to kBlock
-  Grid(int64_t h, int64_t w, int64_t k) : H(h), W(w), K(k), P(k / 2), Wp(w + 2 * (k / 2)) {
-    len = (H * Wp + kBlock - 1) / kBlock * kBlock;
-    // rows enough for the last block's farthest tap, (K - 1) * Wp + K - 1 past its start
-    const int64_t need = len + (K - 1) * Wp + K - 1;
-    plane = (need + Wp - 1) / Wp * Wp;
-  }
-  // Zeroes everything of the `planes` padded planes at `dst` but the image interior.
-  void zero_border(int64_t planes, float *dst) const {
-    for (int64_t i = 0; i < planes; ++i) {
-      float *p = dst + i * plane;
-      std::fill(p, p + P * Wp + P, 0.f);
-      for (int64_t r = 0; r < H; ++r)  // right pad of row r and left pad of row r + 1
-        std::fill(p + (r + P) * Wp + P + W, p + (r + P + 1) * Wp + P, 0.f);
-      std::fill(p + (H + P) * Wp, p + plane, 0.f);
-    }
-  }
-  std::vector<int64_t> tap_offsets() const {
-    std::vector<int64_t> off(K * K);
-    for (int64_t t = 0; t < K * K; ++t) off[t] = (t / K) * Wp + t % K;
-    return off;
-  }
-};
-
-// NM output channels of one group over one block of kBlock flat pixels:
-// out[m] = sum over input channel i and tap t of w[m, i, t] * xp_i[p + off_t].
-template <int NM>
-inline void conv_block(const float *xp, int64_t plane, const float *w, int64_t w_stride, const int64_t *off,
-                       int64_t ipg, int64_t k2, float *out, int64_t out_stride) {
-  v8 acc[NM][2] = {};
-  for (int64_t i = 0; i < ipg; ++i) {
-    const float *xi = xp + i * plane;
-    const float *wi = w + i * k2;
-    for (int64_t t = 0; t < k2; ++t) {
-      const v8 a = *reinterpret_cast<const v8 *>(xi + off[t]);
-      const v8 b = *reinterpret_cast<const v8 *>(xi + off[t] + 8);
-      for (int m = 0; m < NM; ++m) {
-        const float wv = wi[m * w_stride + t];
-        acc[m][0] += wv * a;
-        acc[m][1] += wv * b;
-      }
-    }
-  }
-  for (int m = 0; m < NM; ++m) {
-    *reinterpret_cast<v8 *>(out + m * out_stride) = acc[m][0];
-    *reinterpret_cast<v8 *>(out + m * out_stride + 8) = acc[m][1];
-  }
-}
-
-// The shapes of a call, from qkv (B, H, W, 3C) or (B, H / ws, W / ws, ws * ws, 3C), fc_w (k2, 3nh)
-// and dep_w (C, k2, K, K); ok is false for a window axis that is not a square.
+// The sizes of a call, from qkv (B, H, W, 3C) or (B, H / ws, W / ws, ws * ws, 3C), fc_w (k2, 3nh)
+// and dep_w (C, k2, K, K).
 struct Dims {
-  int64_t B, H, W, C3, C, I, hd, nh, k2, K, ws, Wn;  // Wn: windows per row
+  int64_t B, H, W, C3, C, I, hd, nh, k2, K, P, DB, ws, Wn;  // DB: d-blocks; Wn: windows per row
+  int64_t cols;  // columns of a padded row: P + W + P, then the zero margin of the widest tile
   bool ok = true;
   Dims(const int *ndims, int64_t **shapes) {
     B = shapes[0][0];
@@ -107,73 +65,287 @@ struct Dims {
     }
     Wn = W / ws;
     k2 = shapes[1][0]; I = shapes[1][1]; C = shapes[3][0]; K = shapes[3][2];
-    hd = C3 / I; nh = C / hd;
+    hd = C3 / I; nh = C / hd; P = K / 2; DB = hd / 8;
+    cols = W + 2 * P + kMaxTile;
+    ok = ok && hd % 8 == 0 && I % 3 == 0 && k2 == K * K && (K == 1 || K == 3 || K == 5 || K == 7);
   }
   // index of pixel (r, c) among its image's H * W qkv tokens (r * W + c when not partitioned)
-  int64_t qkv_token(int64_t r, int64_t c) const {
+  int64_t token(int64_t r, int64_t c) const {
     return ((r / ws) * Wn + c / ws) * ws * ws + (r % ws) * ws + c % ws;
   }
+  int64_t f_row_floats() const { return cols * DB * k2 * 8; }
+  int64_t dy_row_floats() const { return cols * C; }
 };
 
-// The qkv rows of the `nv` (<= 8) pixels (r, c0 + v) of one image's map q, transposed into the
-// channel-major block qt (8 floats per channel, in L1); lanes past nv are zero.
-void load_pixel_block(const Dims &s, const float *q, int64_t r, int64_t c0, int64_t nv, float *qt) {
-  for (int64_t v = 0; v < nv; ++v) {
-    const float *row = q + s.qkv_token(r, c0 + v) * s.C3;
-    for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = row[ch];
+// Tile sizes: HB heads by 12 / HB pixels in the convolution, HB a divisor of nh.
+template <int HB>
+constexpr int pixels_per_tile() { return static_cast<int>(kMaxTile) / HB; }
+// f channels per tile of the data and weight gradients: a divisor of k2 = K * K
+template <int K>
+constexpr int f_channels_per_tile() { return K; }
+
+// f of image row r into `row` ([column][d-block][j][lane]; column c + P holds pixel c), zero outside
+// the image: f[j][d] = fc_b[j] + sum over i of fc_w[j, i] * qkv[i*hd + d].
+template <int K2>
+void f_row(const Dims &s, const float *qkv_b, const float *fc_w, const float *fc_b, int64_t r, float *row) {
+  const int64_t pix = s.DB * K2 * 8;
+  if (r < 0 || r >= s.H) {
+    std::fill(row, row + s.cols * pix, 0.f);
+    return;
   }
-  for (int64_t v = nv; v < 8; ++v)
-    for (int64_t ch = 0; ch < s.C3; ++ch) qt[ch * 8 + v] = 0.f;
+  std::fill(row, row + s.P * pix, 0.f);
+  std::fill(row + (s.W + s.P) * pix, row + s.cols * pix, 0.f);
+  for (int64_t c = 0; c < s.W; ++c) {
+    const float *q = qkv_b + s.token(r, c) * s.C3;
+    float *dst = row + (c + s.P) * pix;
+    for (int64_t db = 0; db < s.DB; ++db) {
+      v8 acc[K2];
+      for (int j = 0; j < K2; ++j) acc[j] = splat(fc_b[j]);
+      for (int64_t i = 0; i < s.I; ++i) {
+        const v8 qv = load8(q + i * s.hd + db * 8);
+        for (int j = 0; j < K2; ++j) acc[j] += fc_w[j * s.I + i] * qv;
+      }
+      for (int j = 0; j < K2; ++j) store8(dst + (db * K2 + j) * 8, acc[j]);
+    }
+  }
 }
 
-// Padded f planes of one image, fpad (hd*k2 planes of grid.plane floats):
-// f[d*k2 + j] = fc_b[j] + sum_i fc_w[j, i] * qkv[i*hd + d] inside the image, zero outside (the
-// official convolution zero-pads f, bias included).
-void build_f(const Dims &s, const Grid &grid, const float *qkv_b, const float *fc_w, const float *fc_b, float *fpad) {
-  grid.zero_border(s.hd * s.k2, fpad);
-  // Eight pixels of a row at a time: their qkv rows transposed into qt (channel-major, 8 floats per
-  // channel, in L1), then every f value is one v8 over the eight pixels and lands in its plane as
-  // one contiguous store; a short last block goes through `last` so the pad stays zero.
-  std::vector<float> qt(s.C3 * 8);
-  v8 last;
-  for (int64_t r = 0; r < s.H; ++r)
-    for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
-      const int64_t nv = std::min<int64_t>(8, s.W - c0);
-      load_pixel_block(s, qkv_b, r, c0, nv, qt.data());
-      const int64_t pos = (r + grid.P) * grid.Wp + c0 + grid.P;
-      for (int64_t j = 0; j < s.k2; ++j) {
-        const float *wj = fc_w + j * s.I;
-        for (int64_t d = 0; d < s.hd; ++d) {
-          v8 acc = v8{} + fc_b[j];
-          for (int64_t i = 0; i < s.I; ++i) acc += wj[i] * *reinterpret_cast<const v8 *>(&qt[(i * s.hd + d) * 8]);
-          float *dst = fpad + (d * s.k2 + j) * grid.plane + pos;
-          if (nv == 8) {
-            *reinterpret_cast<v8 *>(dst) = acc;
-          } else {
-            last = acc;
-            std::memcpy(dst, &last, nv * sizeof(float));
+// Output row r of one image from the f rows r - P .. r + P (rows[ky]):
+// y[r][c][(db*8 + l)*nh + m] = sum over taps t = (ky, kx) and j of wv[db][t][j][m][l] * f[..][c + kx - P][db][j][l].
+template <int K, int HB>
+void conv_row(const Dims &s, float *const *rows, const float *wv, float *y_row) {
+  constexpr int K2 = K * K, PB = pixels_per_tile<HB>();
+  const int64_t pix = s.DB * K2 * 8;
+  for (int64_t c0 = 0; c0 < s.W; c0 += PB) {
+    const int64_t np = std::min<int64_t>(PB, s.W - c0);  // pixels past the row read the zero margin
+    for (int64_t db = 0; db < s.DB; ++db)
+      for (int64_t m0 = 0; m0 < s.nh; m0 += HB) {
+        v8 acc[PB][HB] = {};
+        for (int ky = 0; ky < K; ++ky) {
+          const float *f = rows[ky] + db * K2 * 8;
+          for (int kx = 0; kx < K; ++kx) {
+            const float *w = wv + ((db * K2 + ky * K + kx) * K2 * s.nh + m0) * 8;
+            for (int j = 0; j < K2; ++j) {
+              v8 wm[HB];
+              for (int mm = 0; mm < HB; ++mm) wm[mm] = load8(w + (j * s.nh + mm) * 8);
+              for (int pp = 0; pp < PB; ++pp) {
+                const v8 fv = load8(f + (c0 + pp + kx) * pix + j * 8);
+                for (int mm = 0; mm < HB; ++mm) acc[pp][mm] += wm[mm] * fv;
+              }
+            }
+          }
+        }
+        for (int64_t pp = 0; pp < np; ++pp) {
+          float *yp = y_row + (c0 + pp) * s.C + db * 8 * s.nh + m0;
+          for (int mm = 0; mm < HB; ++mm)
+            for (int l = 0; l < 8; ++l) yp[l * s.nh + mm] = acc[pp][mm][l];
+        }
+      }
+  }
+}
+
+template <int K, int HB>
+void forward_image(const Dims &s, const float *qkv_b, const float *fc_w, const float *fc_b, const float *wv,
+                   float *ring, float *y_b) {
+  auto slot = [&](int64_t ri) { return ring + ((ri + s.P) % K) * s.f_row_floats(); };
+  for (int64_t ri = -s.P; ri < s.P; ++ri) f_row<K * K>(s, qkv_b, fc_w, fc_b, ri, slot(ri));
+  float *rows[K];
+  for (int64_t r = 0; r < s.H; ++r) {
+    f_row<K * K>(s, qkv_b, fc_w, fc_b, r + s.P, slot(r + s.P));
+    for (int ky = 0; ky < K; ++ky) rows[ky] = slot(r - s.P + ky);
+    conv_row<K, HB>(s, rows, wv, y_b + r * s.W * s.C);
+  }
+}
+
+// dy of image row r into `row` ([column][d-block][m][lane], padded and zero outside as f_row)
+void dy_row(const Dims &s, const float *dy_b, int64_t r, float *row) {
+  if (r < 0 || r >= s.H) {
+    std::fill(row, row + s.cols * s.C, 0.f);
+    return;
+  }
+  std::fill(row, row + s.P * s.C, 0.f);
+  std::fill(row + (s.W + s.P) * s.C, row + s.cols * s.C, 0.f);
+  for (int64_t c = 0; c < s.W; ++c) {
+    const float *src = dy_b + (r * s.W + c) * s.C;
+    float *dst = row + (c + s.P) * s.C;
+    for (int64_t db = 0; db < s.DB; ++db)
+      for (int64_t m = 0; m < s.nh; ++m)
+        for (int l = 0; l < 8; ++l) dst[(db * s.nh + m) * 8 + l] = src[(db * 8 + l) * s.nh + m];
+  }
+}
+
+// The dep_w gradient of output row r, added to acc[db][t][j][m] (over lanes):
+// sum over c of dy[r][c][db][m] * f[r + ky - P][c + kx - P][db][j].
+template <int K, int HB>
+void dep_w_grad_row(const Dims &s, float *const *f_rows, const float *dy, v8 *acc) {
+  constexpr int K2 = K * K, JB = f_channels_per_tile<K>();
+  const int64_t fpix = s.DB * K2 * 8;
+  for (int64_t db = 0; db < s.DB; ++db)
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx)
+        for (int j0 = 0; j0 < K2; j0 += JB)
+          for (int64_t m0 = 0; m0 < s.nh; m0 += HB) {
+            v8 a[JB][HB] = {};
+            const float *f = f_rows[ky] + (db * K2 + j0) * 8;
+            const float *g = dy + (db * s.nh + m0) * 8;
+            for (int64_t c = 0; c < s.W; ++c) {
+              v8 fv[JB], gv[HB];
+              for (int jj = 0; jj < JB; ++jj) fv[jj] = load8(f + (c + kx) * fpix + jj * 8);
+              for (int mm = 0; mm < HB; ++mm) gv[mm] = load8(g + (c + s.P) * s.C + mm * 8);
+              for (int jj = 0; jj < JB; ++jj)
+                for (int mm = 0; mm < HB; ++mm) a[jj][mm] += fv[jj] * gv[mm];
+            }
+            v8 *out = acc + ((db * K2 + ky * K + kx) * K2 + j0) * s.nh + m0;
+            for (int jj = 0; jj < JB; ++jj)
+              for (int mm = 0; mm < HB; ++mm) out[jj * s.nh + mm] += a[jj][mm];
+          }
+}
+
+// The f gradient of image row r ([c][db][j][lane]) from the dy rows r - P .. r + P (dy_rows[ky]):
+// df[c][db][j] = sum over t = (ky, kx) and m of wt[db][t][m][j] * dy[r + P - ky][c + P - kx][db][m].
+template <int K>
+void f_grad_row(const Dims &s, float *const *dy_rows, const float *wt, float *df) {
+  constexpr int K2 = K * K, JB = f_channels_per_tile<K>(), PB = static_cast<int>(kMaxTile) / JB;
+  for (int64_t c0 = 0; c0 < s.W; c0 += PB)
+    for (int64_t db = 0; db < s.DB; ++db)
+      for (int j0 = 0; j0 < K2; j0 += JB) {
+        v8 a[PB][JB] = {};
+        for (int ky = 0; ky < K; ++ky) {
+          const float *g = dy_rows[K - 1 - ky] + db * s.nh * 8;
+          for (int kx = 0; kx < K; ++kx) {
+            const float *w = wt + ((db * K2 + ky * K + kx) * s.nh * K2 + j0) * 8;
+            for (int64_t m = 0; m < s.nh; ++m) {
+              v8 wj[JB];
+              for (int jj = 0; jj < JB; ++jj) wj[jj] = load8(w + (m * K2 + jj) * 8);
+              for (int pp = 0; pp < PB; ++pp) {
+                const v8 gv = load8(g + (c0 + pp + 2 * s.P - kx) * s.C + m * 8);
+                for (int jj = 0; jj < JB; ++jj) a[pp][jj] += wj[jj] * gv;
+              }
+            }
+          }
+        }
+        // df has room for the pixels past the row end (kMaxTile columns of margin)
+        for (int pp = 0; pp < PB; ++pp)
+          for (int jj = 0; jj < JB; ++jj) store8(df + (((c0 + pp) * s.DB + db) * K2 + j0 + jj) * 8, a[pp][jj]);
+      }
+}
+
+// dqkv of image row r: dqkv[c][i*hd + d] = sum over j of fc_w[j, i] * df[c][j][d]
+template <int K2>
+void qkv_grad_row(const Dims &s, const float *fc_w, const float *df, int64_t r, float *dqkv_b) {
+  for (int64_t c = 0; c < s.W; ++c) {
+    float *dq = dqkv_b + s.token(r, c) * s.C3;
+    for (int64_t db = 0; db < s.DB; ++db) {
+      v8 g[K2];
+      for (int j = 0; j < K2; ++j) g[j] = load8(df + ((c * s.DB + db) * K2 + j) * 8);
+      for (int64_t i = 0; i < s.I; ++i) {
+        v8 o = {};
+        for (int j = 0; j < K2; ++j) o += fc_w[j * s.I + i] * g[j];
+        store8(dq + i * s.hd + db * 8, o);
+      }
+    }
+  }
+}
+
+// The fc gradients of image row r, added to fw[j][i] and fb[j] (double): sums over c, d of
+// df[c][j][d] * qkv[c][i*hd + d] and of df[c][j][d]. The head channels i come three at a time (I = 3nh).
+template <int K>
+void fc_grad_row(const Dims &s, const float *qkv_b, const float *df, int64_t r, double *fw, double *fb) {
+  constexpr int K2 = K * K, JB = f_channels_per_tile<K>(), IB = 3;
+  for (int j0 = 0; j0 < K2; j0 += JB)
+    for (int64_t i0 = 0; i0 < s.I; i0 += IB) {
+      v8 a[JB][IB] = {}, b[JB] = {};
+      for (int64_t c = 0; c < s.W; ++c) {
+        const float *q = qkv_b + s.token(r, c) * s.C3 + i0 * s.hd;
+        for (int64_t db = 0; db < s.DB; ++db) {
+          v8 gv[JB], qv[IB];
+          for (int jj = 0; jj < JB; ++jj) gv[jj] = load8(df + ((c * s.DB + db) * K2 + j0 + jj) * 8);
+          for (int ii = 0; ii < IB; ++ii) qv[ii] = load8(q + ii * s.hd + db * 8);
+          for (int jj = 0; jj < JB; ++jj) {
+            b[jj] += gv[jj];
+            for (int ii = 0; ii < IB; ++ii) a[jj][ii] += gv[jj] * qv[ii];
           }
         }
       }
+      for (int jj = 0; jj < JB; ++jj) {
+        for (int ii = 0; ii < IB; ++ii) fw[(j0 + jj) * s.I + i0 + ii] += sum8(a[jj][ii]);
+        if (i0 == 0) fb[j0 + jj] += sum8(b[jj]);
+      }
     }
 }
 
-// One group's convolution: out (opg planes of grid.len floats) from `ipg` padded input planes
-void conv_group(const float *xp, int64_t plane, const float *w, int64_t ipg, int64_t opg, int64_t k2,
-                const int64_t *off, const Grid &grid, float *out) {
-  const int nm = opg % 4 == 0 ? 4 : opg % 3 == 0 ? 3 : opg % 2 == 0 ? 2 : 1;
-  for (int64_t m0 = 0; m0 < opg; m0 += nm)
-    for (int64_t p0 = 0; p0 < grid.len; p0 += kBlock) {
-      const float *wm = w + m0 * ipg * k2;
-      float *o = out + m0 * grid.len + p0;
-      const int64_t ws = ipg * k2;
-      switch (nm) {
-        case 4: conv_block<4>(xp + p0, plane, wm, ws, off, ipg, k2, o, grid.len); break;
-        case 3: conv_block<3>(xp + p0, plane, wm, ws, off, ipg, k2, o, grid.len); break;
-        case 2: conv_block<2>(xp + p0, plane, wm, ws, off, ipg, k2, o, grid.len); break;
-        default: conv_block<1>(xp + p0, plane, wm, ws, off, ipg, k2, o, grid.len);
-      }
+// Per-thread state of the backward pass: the rows, df of one row, the row's dep_w partial sums
+// (v8) and the thread's double sums of all three weight gradients.
+struct BackwardScratch {
+  float *f_ring, *dy_ring, *df;
+  v8 *dep_row;
+  double *dep, *fw, *fb;
+};
+
+template <int K, int HB>
+void backward_image(const Dims &s, const float *qkv_b, const float *fc_w, const float *fc_b, const float *wt,
+                    const float *dy_b, float *dqkv_b, const BackwardScratch &w) {
+  constexpr int K2 = K * K;
+  auto f_slot = [&](int64_t ri) { return w.f_ring + ((ri + s.P) % K) * s.f_row_floats(); };
+  auto dy_slot = [&](int64_t ri) { return w.dy_ring + ((ri + s.P) % K) * s.dy_row_floats(); };
+  for (int64_t ri = -s.P; ri < s.P; ++ri) {
+    f_row<K2>(s, qkv_b, fc_w, fc_b, ri, f_slot(ri));
+    dy_row(s, dy_b, ri, dy_slot(ri));
+  }
+  const int64_t n_dep = s.C * K2 * K2;
+  float *f_rows[K], *dy_rows[K];
+  for (int64_t r = 0; r < s.H; ++r) {
+    f_row<K2>(s, qkv_b, fc_w, fc_b, r + s.P, f_slot(r + s.P));
+    dy_row(s, dy_b, r + s.P, dy_slot(r + s.P));
+    for (int ky = 0; ky < K; ++ky) {
+      f_rows[ky] = f_slot(r - s.P + ky);
+      dy_rows[ky] = dy_slot(r - s.P + ky);
     }
+    std::fill(w.dep_row, w.dep_row + n_dep / 8, v8{});
+    dep_w_grad_row<K, HB>(s, f_rows, dy_rows[s.P], w.dep_row);
+    const float *part = reinterpret_cast<const float *>(w.dep_row);
+    for (int64_t e = 0; e < n_dep; ++e) w.dep[e] += part[e];
+    f_grad_row<K>(s, dy_rows, wt, w.df);
+    qkv_grad_row<K2>(s, fc_w, w.df, r, dqkv_b);
+    fc_grad_row<K>(s, qkv_b, w.df, r, w.fw, w.fb);
+  }
+}
+
+template <int V>
+using Int = std::integral_constant<int, V>;
+
+// Calls fn(Int<K>, Int<HB>) with the call's kernel size and head tile: HB = 3 when 3 divides nh,
+// else 4, 2 or 1.
+template <typename F>
+void dispatch(const Dims &s, F fn) {
+  auto heads = [&](auto k) {
+    if (s.nh % 3 == 0) fn(k, Int<3>{});
+    else if (s.nh % 4 == 0) fn(k, Int<4>{});
+    else if (s.nh % 2 == 0) fn(k, Int<2>{});
+    else fn(k, Int<1>{});
+  };
+  switch (s.K) {
+    case 1: heads(Int<1>{}); break;
+    case 3: heads(Int<3>{}); break;
+    case 5: heads(Int<5>{}); break;
+    default: heads(Int<7>{}); break;
+  }
+}
+
+// dep_w rearranged per d-block and tap: heads_last[db][t][j][m][l] (forward) or j_last[db][t][m][j][l]
+// (backward) = dep_w[(db*8 + l)*nh + m][j][t]
+std::vector<float> arrange_weights(const Dims &s, const float *dep_w, bool heads_last) {
+  const int64_t KK = s.K * s.K;
+  std::vector<float> out(s.C * s.k2 * KK);
+  for (int64_t db = 0; db < s.DB; ++db)
+    for (int64_t t = 0; t < KK; ++t)
+      for (int64_t j = 0; j < s.k2; ++j)
+        for (int64_t m = 0; m < s.nh; ++m)
+          for (int64_t l = 0; l < 8; ++l) {
+            const int64_t inner = heads_last ? j * s.nh + m : m * s.k2 + j;
+            out[((db * KK + t) * s.k2 * s.nh + inner) * 8 + l] = dep_w[(((db * 8 + l) * s.nh + m) * s.k2 + j) * KK + t];
+          }
+  return out;
 }
 
 }  // namespace
@@ -187,23 +359,15 @@ extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **sh
   const float *qkv = static_cast<const float *>(params[0]);
   const float *fc_w = static_cast<const float *>(params[1]);
   const float *fc_b = static_cast<const float *>(params[2]);
-  const float *dep_w = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
-  const Grid grid(s.H, s.W, s.K);
-  const int64_t img = s.hd * s.k2 * grid.plane, nthreads = std::min(num_threads(), s.B);
-  const std::vector<int64_t> off = grid.tap_offsets();
-  Scratch scratch(nthreads * (img + s.nh * grid.len));
-  parallel_for(s.B, [&](int64_t b, int64_t tid) {  // one image per job, f still in cache for the convolution
-    float *fpad = scratch.data() + tid * (img + s.nh * grid.len), *yp = fpad + img;
-    build_f(s, grid, qkv + b * s.H * s.W * s.C3, fc_w, fc_b, fpad);
-    for (int64_t d = 0; d < s.hd; ++d) {
-      conv_group(fpad + d * s.k2 * grid.plane, grid.plane, dep_w + d * s.nh * s.k2 * s.K * s.K, s.k2, s.nh,
-                 s.K * s.K, off.data(), grid, yp);
-      float *yb = y + b * s.H * s.W * s.C + d * s.nh;
-      for (int64_t r = 0; r < s.H; ++r)
-        for (int64_t c = 0; c < s.W; ++c)
-          for (int64_t m = 0; m < s.nh; ++m) yb[(r * s.W + c) * s.C + m] = yp[m * grid.len + r * grid.Wp + c];
-    }
+  const std::vector<float> wv = arrange_weights(s, static_cast<const float *>(params[3]), true);
+  const int64_t ring = s.K * s.f_row_floats(), nthreads = std::min(num_threads(), s.B);
+  Scratch scratch(nthreads * ring);
+  parallel_for(s.B, [&](int64_t b, int64_t tid) {  // one image per job
+    dispatch(s, [&](auto k, auto hb) {
+      forward_image<decltype(k)::value, decltype(hb)::value>(s, qkv + b * s.H * s.W * s.C3, fc_w, fc_b, wv.data(), scratch.data() + tid * ring,
+                           y + b * s.H * s.W * s.C);
+    });
   });
   return 0;
 }
@@ -211,122 +375,53 @@ extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **sh
 // FcConvBackward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> dqkv, dfc_w, dfc_b, ddep_w
 extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                               void *stream, void *extra) {
-  if (nparam != 9 || shapes[1][0] > kMaxTaps) return 1;  // cpu_kernels.MAX_KERNEL_SIZE keeps k2 in bound
+  if (nparam != 9) return 1;
   const Dims s(ndims, shapes);
   if (!s.ok) return 1;
   const float *qkv = static_cast<const float *>(params[0]);
   const float *fc_w = static_cast<const float *>(params[1]);
   const float *fc_b = static_cast<const float *>(params[2]);
-  const float *dep_w = static_cast<const float *>(params[3]);
   const float *dy = static_cast<const float *>(params[4]);
   float *dqkv = static_cast<float *>(params[5]);
   float *dfc_w = static_cast<float *>(params[6]);
   float *dfc_b = static_cast<float *>(params[7]);
   float *ddep_w = static_cast<float *>(params[8]);
-  const Grid grid(s.H, s.W, s.K);
-  const int64_t KK = s.K * s.K, HW = s.H * s.W;
-  const int64_t fimg = s.hd * s.k2 * grid.plane, dimg = s.C * grid.plane, gimg = s.hd * s.k2 * grid.len;
-  // the data gradient of a group is the convolution of its dy planes with the transposed, mirrored
-  // weight: wt[d][j][m][t] = dep_w[d*nh + m][j][KK - 1 - t]
-  std::vector<float> wt(s.C * s.k2 * KK);
-  for (int64_t d = 0; d < s.hd; ++d)
-    for (int64_t j = 0; j < s.k2; ++j)
-      for (int64_t m = 0; m < s.nh; ++m)
-        for (int64_t t = 0; t < KK; ++t)
-          wt[((d * s.k2 + j) * s.nh + m) * KK + t] = dep_w[((d * s.nh + m) * s.k2 + j) * KK + KK - 1 - t];
-  const std::vector<int64_t> off = grid.tap_offsets();
+  const std::vector<float> wt = arrange_weights(s, static_cast<const float *>(params[3]), false);
+  const int64_t KK = s.K * s.K, n_dep = s.C * s.k2 * KK, n_fw = s.k2 * s.I;
+  const int64_t floats = s.K * (s.f_row_floats() + s.dy_row_floats()) + s.cols * s.DB * s.k2 * 8 + n_dep;
   const int64_t nthreads = std::min(num_threads(), s.B);
-  const int64_t nfc = s.k2 * s.I + s.k2;
-  std::vector<double> acc_dep(nthreads * s.C * s.k2 * KK, 0.0);
-  std::vector<float> fc_acc(nthreads * nfc * 8, 0.f), fc_scratch(nthreads * 2 * s.C3 * 8);
-  const int64_t shift = grid.P * grid.Wp + grid.P;  // padded plane -> output grid
-  // One image per job, all of its steps in a row while its planes are still in cache.
-  Scratch scratch(nthreads * (fimg + dimg + gimg));
-  parallel_for(s.B, [&](int64_t b, int64_t tid) {
-    float *fpad = scratch.data() + tid * (fimg + dimg + gimg), *dypad = fpad + fimg, *df = dypad + dimg;
-    build_f(s, grid, qkv + b * HW * s.C3, fc_w, fc_b, fpad);
-    grid.zero_border(s.C, dypad);
-    const float *dyb = dy + b * HW * s.C;
-    for (int64_t r = 0; r < s.H; ++r)
-      for (int64_t c = 0; c < s.W; ++c) {
-        const float *src = dyb + (r * s.W + c) * s.C;
-        const int64_t pos = (r + grid.P) * grid.Wp + c + grid.P;
-        for (int64_t o = 0; o < s.C; ++o) dypad[o * grid.plane + pos] = src[o];
-      }
-    // per group: df = conv(dy, wt) on the output grid, and ddep_w += dy (x) shifted f
-    for (int64_t d = 0; d < s.hd; ++d) {
-      const float *dyg = dypad + d * s.nh * grid.plane;  // this group's nh planes
-      conv_group(dyg, grid.plane, wt.data() + d * s.k2 * s.nh * KK, s.nh, s.k2, KK, off.data(), grid,
-                 df + d * s.k2 * grid.len);
-      const float *fg = fpad + d * s.k2 * grid.plane;
-      double *acc = acc_dep.data() + (tid * s.C + d * s.nh) * s.k2 * KK;
-      for (int64_t m = 0; m < s.nh; ++m)
-        for (int64_t j = 0; j < s.k2; ++j) {
-          const float *g = dyg + m * grid.plane + shift;  // dy on the output grid, zero in garbage columns
-          const float *xj = fg + j * grid.plane;
-          for (int64_t t0 = 0; t0 < KK; t0 += 9) {
-            const int64_t nt = std::min<int64_t>(9, KK - t0);
-            v8 part[9][2] = {};
-            for (int64_t p0 = 0; p0 < grid.len; p0 += kBlock) {
-              const v8 g0 = *reinterpret_cast<const v8 *>(g + p0);
-              const v8 g1 = *reinterpret_cast<const v8 *>(g + p0 + 8);
-              for (int64_t tt = 0; tt < nt; ++tt) {
-                const float *x = xj + off[t0 + tt] + p0;
-                part[tt][0] += g0 * *reinterpret_cast<const v8 *>(x);
-                part[tt][1] += g1 * *reinterpret_cast<const v8 *>(x + 8);
-              }
-            }
-            for (int64_t tt = 0; tt < nt; ++tt) {
-              double sum = 0.0;
-              for (int v = 0; v < 8; ++v) sum += static_cast<double>(part[tt][0][v]) + part[tt][1][v];
-              acc[(m * s.k2 + j) * KK + t0 + tt] += sum;
-            }
-          }
-        }
-    }
-    // df -> dqkv (token-major), dfc_w, dfc_b, eight pixels of a row at a time: df is read as v8
-    // over the pixels, qkv and dqkv go through channel-major blocks (qt, dqt) as in build_f.
-    float *qt = fc_scratch.data() + tid * 2 * s.C3 * 8, *dqt = qt + s.C3 * 8;
-    v8 *aw = reinterpret_cast<v8 *>(fc_acc.data()) + tid * nfc;  // dfc_w then dfc_b, one v8 each
-    for (int64_t r = 0; r < s.H; ++r)
-      for (int64_t c0 = 0; c0 < s.W; c0 += 8) {
-        const int64_t nv = std::min<int64_t>(8, s.W - c0);
-        const float *dfp = df + r * grid.Wp + c0;
-        // in a short last block the lanes past the row end hold garbage df: zero qkv there keeps it
-        // out of dfc_w, the mask out of dfc_b
-        load_pixel_block(s, qkv + b * HW * s.C3, r, c0, nv, qt);
-        v8 valid = {};
-        for (int64_t v = 0; v < nv; ++v) valid[v] = 1.f;
-        for (int64_t d = 0; d < s.hd; ++d) {
-          v8 g[kMaxTaps];
-          for (int64_t j = 0; j < s.k2; ++j) g[j] = *reinterpret_cast<const v8 *>(dfp + (d * s.k2 + j) * grid.len);
-          for (int64_t j = 0; j < s.k2; ++j) aw[s.k2 * s.I + j] += g[j] * valid;
-          for (int64_t i = 0; i < s.I; ++i) {
-            const v8 q = *reinterpret_cast<const v8 *>(&qt[(i * s.hd + d) * 8]);
-            v8 o = {};
-            for (int64_t j = 0; j < s.k2; ++j) {
-              o += fc_w[j * s.I + i] * g[j];
-              aw[j * s.I + i] += g[j] * q;
-            }
-            *reinterpret_cast<v8 *>(&dqt[(i * s.hd + d) * 8]) = o;
-          }
-        }
-        for (int64_t v = 0; v < nv; ++v) {
-          float *dq = dqkv + (b * HW + s.qkv_token(r, c0 + v)) * s.C3;
-          for (int64_t ch = 0; ch < s.C3; ++ch) dq[ch] = dqt[ch * 8 + v];
-        }
-      }
+  Scratch scratch(nthreads * floats);
+  const int64_t n_sums = n_dep + n_fw + s.k2;
+  std::vector<double> sums(nthreads * n_sums, 0.0);  // per thread: dep_w, then fc_w, then fc_b
+  parallel_for(s.B, [&](int64_t b, int64_t tid) {  // one image per job
+    float *base = scratch.data() + tid * floats;
+    double *own = sums.data() + tid * n_sums;
+    BackwardScratch w;
+    w.f_ring = base;
+    w.dy_ring = w.f_ring + s.K * s.f_row_floats();
+    w.df = w.dy_ring + s.K * s.dy_row_floats();
+    w.dep_row = reinterpret_cast<v8 *>(w.df + s.cols * s.DB * s.k2 * 8);
+    w.dep = own;
+    w.fw = own + n_dep;
+    w.fb = w.fw + n_fw;
+    dispatch(s, [&](auto k, auto hb) {
+      backward_image<decltype(k)::value, decltype(hb)::value>(s, qkv + b * s.H * s.W * s.C3, fc_w, fc_b, wt.data(), dy + b * s.H * s.W * s.C,
+                            dqkv + b * s.H * s.W * s.C3, w);
+    });
   });
-  for (int64_t e = 0; e < s.C * s.k2 * KK; ++e) {
+  auto total = [&](int64_t e) {
     double sum = 0.0;
-    for (int64_t t = 0; t < nthreads; ++t) sum += acc_dep[t * s.C * s.k2 * KK + e];
-    ddep_w[e] = static_cast<float>(sum);
-  }
-  for (int64_t e = 0; e < nfc; ++e) {
-    double sum = 0.0;
-    for (int64_t t = 0; t < nthreads; ++t)
-      for (int v = 0; v < 8; ++v) sum += fc_acc[(t * nfc + e) * 8 + v];
-    (e < s.k2 * s.I ? dfc_w[e] : dfc_b[e - s.k2 * s.I]) = static_cast<float>(sum);
-  }
+    for (int64_t t = 0; t < nthreads; ++t) sum += sums[t * n_sums + e];
+    return static_cast<float>(sum);
+  };
+  // ddep_w[(db*8 + l)*nh + m][j][t] from the sums' [db][t][j][m][l]
+  for (int64_t db = 0; db < s.DB; ++db)
+    for (int64_t t = 0; t < KK; ++t)
+      for (int64_t j = 0; j < s.k2; ++j)
+        for (int64_t m = 0; m < s.nh; ++m)
+          for (int64_t l = 0; l < 8; ++l)
+            ddep_w[(((db * 8 + l) * s.nh + m) * s.k2 + j) * KK + t] = total((((db * KK + t) * s.k2 + j) * s.nh + m) * 8 + l);
+  for (int64_t e = 0; e < n_fw; ++e) dfc_w[e] = total(n_dep + e);
+  for (int64_t j = 0; j < s.k2; ++j) dfc_b[j] = total(n_dep + n_fw + j);
   return 0;
 }
