@@ -154,7 +154,12 @@ def test_official_errors_before_anything_runs(monkeypatch, tmp_path):
 
 def test_mindcv_worker_times_mindcvs_model_in_our_set_up():
     pytest.importorskip('mindcv')
-    record = benchmark.run_one('mindcv:swin_tiny', 'infer', 1, 224, 'CPU', warmup=1, steps=1)
+    proc = subprocess.run([sys.executable, '-m', 'src.tools.benchmark', '--worker', '--arch', 'mindcv:swin_tiny',
+                           '--mode', 'infer', '--batch_size', '1', '--image_size', '224', '--warmup', '1',
+                           '--steps', '1'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith(benchmark.RESULT_TAG))
+    record = json.loads(line[len(benchmark.RESULT_TAG):])
     assert tuple(record) == KEYS and record['arch'] == 'mindcv:swin_tiny' and record['step_s'] > 0
 
 
