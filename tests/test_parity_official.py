@@ -229,8 +229,6 @@ def test_full_size_matches_official(tmp_path, arch, build, formulation):
 @pytest.mark.skipif(os.environ.get('ACMIX_FULL_PARITY') != '1', reason='full-size parity: set ACMIX_FULL_PARITY=1')
 @pytest.mark.parametrize('acmix', [True, False], ids=['acmix_swin_tiny', 'swin_tiny'])
 def test_full_size_swin_at_250x330_matches_official_detection_formulation(tmp_path, acmix, formulation):
-    if not acmix and formulation == 'portable':
-        pytest.skip('the plain Swin has one formulation')
     torch.manual_seed(0)
     arch = 'acmix_swin_tiny' if acmix else 'swin_tiny'
     diffs = check_swin(tref.swin(acmix, img_size=(250, 330)), arch, tmp_path, (250, 330), wrap='model',
