@@ -11,6 +11,7 @@
 #include <vector>
 #ifdef __linux__
 #include <sched.h>
+#include <unistd.h>
 #endif
 
 namespace acmix {
@@ -24,21 +25,27 @@ inline void store8(float *p, v8 v) { *reinterpret_cast<v8 *>(p) = v; }
 inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 inline float sum8(v8 v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 
-// Threads a kernel runs on: ACMIX_KERNEL_THREADS if set, else the CPUs this process may use.
+// Threads a kernel may run on: the CPUs this process may use (the main thread's affinity, which the
+// launching thread may not share), at most ACMIX_KERNEL_THREADS when that is a positive number.
 inline int64_t num_threads() {
-  if (const char *env = std::getenv("ACMIX_KERNEL_THREADS")) return std::max(1, std::atoi(env));
+  int64_t cpus = std::max(1u, std::thread::hardware_concurrency());
 #ifdef __linux__
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  if (sched_getaffinity(getpid(), sizeof(set), &set) == 0) cpus = std::max(1, CPU_COUNT(&set));
 #endif
-  return std::max(1u, std::thread::hardware_concurrency());
+  if (const char *env = std::getenv("ACMIX_KERNEL_THREADS")) {
+    const int cap = std::atoi(env);
+    if (cap > 0) cpus = std::min<int64_t>(cpus, cap);
+  }
+  return cpus;
 }
 
-// Runs fn(i, thread) for i in [0, n) on up to num_threads() threads, each taking one contiguous
-// range of i (neighbouring jobs write neighbouring memory: no false sharing between threads).
+// Runs fn(i, thread) for i in [0, n) on min(threads, n) threads, each taking one contiguous range of
+// i (neighbouring jobs write neighbouring memory: no false sharing between threads). A caller that
+// keeps per-thread buffers sizes them for the same `threads`, read once per call.
 template <typename F>
-void parallel_for(int64_t n, F fn) {
-  const int64_t nt = std::max<int64_t>(1, std::min(num_threads(), n));
+void parallel_for(int64_t n, int64_t threads, F fn) {
+  const int64_t nt = std::max<int64_t>(1, std::min(threads, n));
   auto run = [&fn, n, nt](int64_t t) {
     for (int64_t i = t * n / nt; i < (t + 1) * n / nt; ++i) fn(i, t);
   };

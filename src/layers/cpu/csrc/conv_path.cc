@@ -32,7 +32,8 @@
 // window_partition order, viewed with five axes); y and dy are the whole map (B, H, W, C) either way.
 // Only qkv's token addresses differ, so the results are the same values: the Swin layer feeds the qkv
 // of its windows, which its attention uses too, and never partitions the 3C-wide map.
-// A call with hd not a multiple of 8 or k not one of 1, 3, 5, 7 returns 1 (kernels.py never makes one).
+// A call with hd not a multiple of 8, k not one of 1, 3, 5, 7 or operands whose shapes do not fit together
+// returns 1 (kernels.py never makes one).
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -53,6 +54,9 @@ struct Dims {
   int64_t cols;  // columns of a padded row: P + W + P, then the zero margin of the widest tile
   bool ok = true;
   Dims(const int *ndims, int64_t **shapes) {
+    // the operands' ranks: qkv, fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, K, K), y or dy (B, H, W, C)
+    ok = (ndims[0] == 4 || ndims[0] == 5) && ndims[1] == 2 && ndims[2] == 1 && ndims[3] == 4 && ndims[4] == 4;
+    if (!ok) return;
     B = shapes[0][0];
     if (ndims[0] == 5) {
       const int64_t n = shapes[0][3];
@@ -65,9 +69,12 @@ struct Dims {
     }
     Wn = W / ws;
     k2 = shapes[1][0]; I = shapes[1][1]; C = shapes[3][0]; K = shapes[3][2];
-    hd = C3 / I; nh = C / hd; P = K / 2; DB = hd / 8;
+    ok = ok && I > 0 && C3 == 3 * C && C3 % I == 0;
+    hd = ok ? C3 / I : 1; nh = C / hd; P = K / 2; DB = hd / 8;
     cols = W + 2 * P + kMaxTile;
-    ok = ok && hd % 8 == 0 && I % 3 == 0 && k2 == K * K && (K == 1 || K == 3 || K == 5 || K == 7);
+    ok = ok && hd % 8 == 0 && I == 3 * nh && k2 == K * K && (K == 1 || K == 3 || K == 5 || K == 7);
+    ok = ok && shapes[2][0] == k2 && shapes[3][1] == k2 && shapes[3][3] == K;
+    ok = ok && shapes[4][0] == B && shapes[4][1] == H && shapes[4][2] == W && shapes[4][3] == C;
   }
   // index of pixel (r, c) among its image's H * W qkv tokens (r * W + c when not partitioned)
   int64_t token(int64_t r, int64_t c) const {
@@ -363,7 +370,7 @@ extern "C" int FcConvForward(int nparam, void **params, int *ndims, int64_t **sh
   const std::vector<float> wv = arrange_weights(s, static_cast<const float *>(params[3]), true);
   const int64_t ring = s.K * s.f_row_floats(), nthreads = std::min(num_threads(), s.B);
   Scratch scratch(nthreads * ring);
-  parallel_for(s.B, [&](int64_t b, int64_t tid) {  // one image per job
+  parallel_for(s.B, nthreads, [&](int64_t b, int64_t tid) {  // one image per job
     dispatch(s, [&](auto k, auto hb) {
       forward_image<decltype(k)::value, decltype(hb)::value>(s, qkv + b * s.H * s.W * s.C3, fc_w, fc_b, wv.data(), scratch.data() + tid * ring,
                            y + b * s.H * s.W * s.C);
@@ -393,7 +400,7 @@ extern "C" int FcConvBackward(int nparam, void **params, int *ndims, int64_t **s
   Scratch scratch(nthreads * floats);
   const int64_t n_sums = n_dep + n_fw + s.k2;
   std::vector<double> sums(nthreads * n_sums, 0.0);  // per thread: dep_w, then fc_w, then fc_b
-  parallel_for(s.B, [&](int64_t b, int64_t tid) {  // one image per job
+  parallel_for(s.B, nthreads, [&](int64_t b, int64_t tid) {  // one image per job
     float *base = scratch.data() + tid * floats;
     double *own = sums.data() + tid * n_sums;
     BackwardScratch w;

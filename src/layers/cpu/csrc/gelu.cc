@@ -84,7 +84,7 @@ constexpr int64_t kElementBlock = 4096;  // elements per job of the GELU kernels
 // through zero-padded registers.
 template <typename F>
 void elementwise(int64_t n, const float *x, const float *dy, float *out, F fn) {
-  parallel_for((n + kElementBlock - 1) / kElementBlock, [&](int64_t blk, int64_t) {
+  parallel_for((n + kElementBlock - 1) / kElementBlock, num_threads(), [&](int64_t blk, int64_t) {
     const int64_t end = std::min(n, (blk + 1) * kElementBlock);
     int64_t i = blk * kElementBlock;
     for (; i + 8 <= end; i += 8) store8(out + i, fn(load8(x + i), dy ? load8(dy + i) : v8{}));

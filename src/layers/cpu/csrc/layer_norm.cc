@@ -61,7 +61,7 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
   const float *beta = static_cast<const float *>(params[2]);
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
-  parallel_for((rows + kRowBlock - 1) / kRowBlock, [&](int64_t blk, int64_t) {
+  parallel_for((rows + kRowBlock - 1) / kRowBlock, num_threads(), [&](int64_t blk, int64_t) {
     for (int64_t r = blk * kRowBlock; r < std::min(rows, (blk + 1) * kRowBlock); ++r) {
       const float *xr = x + r * C;
       float *yr = y + r * C;
@@ -92,7 +92,7 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   // per thread: double sums of dgamma then dbeta (2C), and the float sums of the current block (2C)
   std::vector<double> acc(nthreads * 2 * C, 0.0);
   std::vector<float> part(nthreads * 2 * C);
-  parallel_for(blocks, [&](int64_t blk, int64_t tid) {
+  parallel_for(blocks, nthreads, [&](int64_t blk, int64_t tid) {
     float *pg = part.data() + tid * 2 * C, *pb = pg + C;
     std::fill(pg, pg + 2 * C, 0.f);
     for (int64_t r = blk * kRowBlock; r < std::min(rows, (blk + 1) * kRowBlock); ++r) {
