@@ -1,6 +1,7 @@
 """The hand-written CPU kernels of the CPU formulation: their build (cache, errors, fallback to MindSpore
 ops), the Swin ACmix convolution path's values and gradients against the official formulation in
 MindSpore ops, LayerNorm and GELU against MindSpore's, and the Dense layer with its matmul bias gradient."""
+import ctypes
 import math
 import shutil
 import warnings
@@ -137,8 +138,49 @@ def test_compiler_errors_are_reported(tmp_path):
     assert not list(tmp_path.glob('*.so'))  # no half-written library left behind
 
 
+@needs_compiler
+def test_conv_path_kernel_refuses_operands_that_do_not_fit_together():
+    # called as MindSpore calls an aot kernel; a refused call returns 1 before reading any data
+    entry = ctypes.CDLL(str(build_library())).FcConvForward
+    b, h, w, c, nh, k = 2, 7, 7, 16, 2, 3
+    arrays = [np.zeros(shape, np.float32) for shape in [(b, h, w, 3 * c), (k * k, 3 * nh), (k * k,),
+                                                       (c, k * k, k, k), (b, h, w, c)]]
+
+    def call(shapes):
+        params = (ctypes.c_void_p * 5)(*[a.ctypes.data for a in arrays])
+        dims = [(ctypes.c_int64 * len(shape))(*shape) for shape in shapes]
+        ndims = (ctypes.c_int * 5)(*map(len, shapes))
+        return entry(5, params, ndims, (ctypes.POINTER(ctypes.c_int64) * 5)(*dims), None, None, None)
+
+    good = [a.shape for a in arrays]
+    assert call(good) == 0
+    for i, shape in [(0, (b, h, w, 3 * c + 8)),   # qkv not 3C wide
+                     (1, (k * k, 3 * nh + 3)),     # fc over other heads
+                     (2, (k * k + 1,)),            # fc bias
+                     (3, (c, k * k, k, k - 2)),    # a kernel that is not square
+                     (4, (b, h, w + 1, c)),        # output of another map
+                     (4, (b, h * w, c))]:          # output of another rank
+        assert call(good[:i] + [shape] + good[i + 1:]) == 1, (i, shape)
+
+
 def _uses_kernel(cell):
     return isinstance(cell.conv_path, KernelConvolutionPath)
+
+
+def test_an_unwritable_kernel_cache_falls_back_with_a_warning(monkeypatch, tmp_path):
+    (tmp_path / 'a_file').write_text('')
+    monkeypatch.setenv('ACMIX_KERNEL_CACHE', str(tmp_path / 'a_file' / 'cache'))
+    monkeypatch.setattr(cpu_kernels, '_state', {'enabled': True, 'library': None, 'error': None})
+    with pytest.warns(UserWarning, match='CPU kernels unavailable'):
+        assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
+
+
+@needs_compiler
+def test_the_environment_switch_is_read_when_a_layer_is_built(monkeypatch):
+    monkeypatch.setenv('ACMIX_CPU_KERNELS', '0')
+    assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
+    monkeypatch.setenv('ACMIX_CPU_KERNELS', '1')
+    assert _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
 
 
 def test_without_a_compiler_the_layer_falls_back_with_a_warning(monkeypatch, tmp_path):

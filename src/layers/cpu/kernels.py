@@ -10,8 +10,9 @@ nn.LayerNorm, `..activation.GELU`), when
 * for the convolution path, its kernel is larger than MAX_KERNEL_SIZE (7x7) or head_dim is not a
   multiple of GROUPS_PER_VECTOR (8; every registered Swin has 32);
 * the kernels are switched off: `with kernels_enabled(False):` around the model's construction, or
-  the environment variable `ACMIX_CPU_KERNELS=0`;
-* the library cannot be built (no C++ compiler, say); a warning says why, once per process.
+  the environment variable `ACMIX_CPU_KERNELS=0` (read when a layer is built);
+* the library cannot be built (no C++ compiler, or a cache folder that cannot be written); a warning
+  says why, once per process.
 All are float32; the layers run their ops form for other dtypes (mixed precision).
 
 The library is compiled from the sources of `csrc/` with `$CXX` (default g++) into
@@ -19,7 +20,8 @@ The library is compiled from the sources of `csrc/` with `$CXX` (default g++) in
 and flags, so an edited source rebuilds and concurrent processes (one per device under msrun) never
 see a half-written file. The kernels run on as many threads as the process may use (its CPU affinity;
 the convolution path one image per thread, the others blocks of rows or elements);
-`ACMIX_KERNEL_THREADS=n` caps that, e.g. for several training processes on one host.
+`ACMIX_KERNEL_THREADS=n` (read at every call) caps that, e.g. for several training processes on one
+host.
 """
 import contextlib
 import hashlib
@@ -40,7 +42,8 @@ ENV_CACHE = 'ACMIX_KERNEL_CACHE'
 MAX_KERNEL_SIZE = 7  # the convolution path's kernel is compiled for 1x1, 3x3, 5x5 and 7x7
 GROUPS_PER_VECTOR = 8  # it computes 8 groups (head_dim indices) per vector: head_dim must be a multiple
 
-_state = {'enabled': os.environ.get(ENV_SWITCH, '1') != '0', 'library': None, 'error': None}
+# enabled: None follows ENV_SWITCH, read when a layer asks; kernels_enabled() overrides it
+_state = {'enabled': None, 'library': None, 'error': None}
 
 
 @contextlib.contextmanager
@@ -101,7 +104,7 @@ def _library():
     if _state['library'] is None and _state['error'] is None:
         try:
             _state['library'] = build_library()
-        except RuntimeError as err:
+        except (RuntimeError, OSError) as err:  # OSError: the cache folder cannot be written
             _state['error'] = err
             warnings.warn(f'CPU kernels unavailable, the CPU formulation falls back to slower MindSpore ops: {err}')
     return _state['library']
@@ -120,7 +123,10 @@ def map_size(qkv_shape):
 
 def _kernel_library():
     """The library's path, or None when the kernels are off, the device is not CPU or it cannot be built."""
-    if not _state['enabled'] or ms.get_context('device_target') != 'CPU':
+    enabled = _state['enabled']
+    if enabled is None:
+        enabled = os.environ.get(ENV_SWITCH, '1') != '0'
+    if not enabled or ms.get_context('device_target') != 'CPU':
         return None
     return _library()
 
