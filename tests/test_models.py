@@ -171,9 +171,9 @@ def test_features_only_backbone(arch):
             assert np.isfinite(m.asnumpy()).all()
 
 
-@pytest.mark.parametrize('arch,formulation', [('swin_mini', None), ('acmix_swin_mini', 'cpu'),
-                                              ('acmix_swin_mini', 'portable'), ('acmix_resnet_mini', 'cpu'),
-                                              ('acmix_resnet_mini', 'portable')])
+@pytest.mark.parametrize('arch,formulation', [(arch, formulation) for arch in ('swin_mini', 'acmix_swin_mini',
+                                                                               'acmix_resnet_mini')
+                                              for formulation in ('cpu', 'portable')])
 def test_mixed_precision_training_step(arch, formulation):
     """The shipped ImageNet configs train at amp_level O2: parameters the layers use directly (the
     relative position bias table, the proj weights with the rate folded in) stay float32 there."""

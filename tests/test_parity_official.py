@@ -182,9 +182,10 @@ def test_tiny_acmix_swin_matches_official(tmp_path, formulation):
     check_swin(tmodel, 'acmix_swin_mini', tmp_path, 32, wrap='model', formulation=formulation)
 
 
-def test_tiny_plain_swin_matches_official(tmp_path):
+def test_tiny_plain_swin_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
-    check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model')
+    check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model',
+               formulation=formulation)
 
 
 PADDED_MINI_SWIN = dict(MINI_SWIN, img_size=(37, 57))
@@ -199,10 +200,10 @@ def test_tiny_acmix_swin_padded_to_any_size_matches_official_detection_formulati
                wrap='model', formulation=formulation, img_size=(37, 57))
 
 
-def test_tiny_plain_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path):
+def test_tiny_plain_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path, formulation):
     torch.manual_seed(0)
     check_swin(tref.swin(False, num_classes=10, **PADDED_MINI_SWIN), 'swin_mini', tmp_path, (37, 57),
-               wrap='model', img_size=(37, 57))
+               wrap='model', formulation=formulation, img_size=(37, 57))
 
 
 FULL = [
