@@ -18,6 +18,8 @@ import src  # noqa: E402,F401
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
+from src.engine.context import use_device  # noqa: E402
+
 
 class Violations(nn.Cell):
     def __init__(self):
@@ -47,7 +49,7 @@ class WithInf(nn.Cell):
 
 if __name__ == '__main__':
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device('CPU')
+    use_device('CPU')  # as the entry points set it up
     Violations()(Tensor(np.ones((1, 4, 5, 5), np.float32)))
     ms.export(WithInf(), Tensor(np.ones((2, 3), np.float32)), file_name=os.path.join(sys.argv[1], 'with_inf'),
               file_format='MINDIR')

@@ -176,8 +176,10 @@ def test_mindcv_errors_before_anything_runs(monkeypatch):
     monkeypatch.setattr(benchmark.importlib.util, 'find_spec',
                         lambda name, *rest: object() if name == 'mindcv' else find_spec(name, *rest))
     with pytest.raises(UserError, match='none of acmix_swin_tiny has a mindcv model'):
-        benchmark.check_mindcv(['acmix_swin_tiny'])
-    assert benchmark.check_mindcv(['acmix_swin_tiny', 'swin_tiny']) == ['swin_tiny']
+        benchmark.check_mindcv(['acmix_swin_tiny'], 224)
+    assert benchmark.check_mindcv(['acmix_swin_tiny', 'swin_tiny'], 224) == ['swin_tiny']
+    with pytest.raises(UserError, match='built for 224 px inputs, not --image_size 256'):
+        benchmark.check_mindcv(['swin_tiny'], 256)
     monkeypatch.setattr(benchmark.importlib.util, 'find_spec',
                         lambda name, *rest: None if name == 'mindcv' else find_spec(name, *rest))
     ran = []

@@ -56,6 +56,7 @@ OFFICIAL_PREFIX = 'official:'
 MINDCV_PREFIX = 'mindcv:'
 # arch -> mindcv's model of that architecture (mindcv.models.create_model name), built with its defaults
 MINDCV_MODELS = {'swin_tiny': 'swin_tiny'}
+MINDCV_IMAGE_SIZE = 224  # mindcv's swin_tiny fixes its input size (and relative-position tables) to 224
 # Test-only code, imported by path and only by an official worker: without --official neither it nor
 # torch is needed.
 TORCH_REFERENCE = os.path.join(ROOT, 'tests', 'torch_reference.py')
@@ -340,9 +341,12 @@ def check_official(archs, device_target):
     return with_official
 
 
-def check_mindcv(archs):
+def check_mindcv(archs, image_size):
     """The archs of `archs` that --mindcv times mindcv's model of, in their order; a UserError, before
     anything runs, when it cannot time any."""
+    if image_size != MINDCV_IMAGE_SIZE:
+        raise UserError(f'--mindcv: mindcv\'s models are built for {MINDCV_IMAGE_SIZE} px inputs, '
+                        f'not --image_size {image_size}')
     if importlib.util.find_spec('mindcv') is None:
         raise UserError('--mindcv times models of the package mindcv, which is not installed '
                         '(pip install mindcv==0.3.0 tqdm)')
@@ -404,7 +408,7 @@ def main(argv=None):
     if unknown:
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
     with_official = check_official(args.arch, args.device_target) if args.official else []
-    with_mindcv = check_mindcv(args.arch) if args.mindcv else []
+    with_mindcv = check_mindcv(args.arch, args.image_size) if args.mindcv else []
     names = [name for arch in args.arch
              for name in [arch] + ([OFFICIAL_PREFIX + arch] if arch in with_official else [])
              + ([MINDCV_PREFIX + arch] if arch in with_mindcv else [])]
