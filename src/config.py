@@ -181,6 +181,69 @@ def _validate(cfg):
         raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key written twice in one mapping is an error (PyYAML keeps the
+    last value without a word, so a recipe edited in two places would train what its author did not
+    read). Keys brought in by a merge (`<<: *anchor`) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in lines:
+                    where = f'on line {line}' if lines[key] == line else f'on lines {lines[key]} and {line}'
+                    raise yaml.constructor.ConstructorError(None, None, f'key {key!r} is written twice, {where}',
+                                                            key_node.start_mark)
+                lines.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err, text):
+    """'line L, column C: <the parser's problem>' for a PyYAML error in `text`."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark, context = err.problem_mark, ''
+        if err.context and err.context_mark is not None:  # e.g. the '[' a flow sequence was opened with
+            context = (f' ({err.context} that starts at line {err.context_mark.line + 1}, '
+                       f'column {err.context_mark.column + 1})')
+        return f'line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}'
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. a NUL
+        line = text.count('\n', 0, err.position) + 1
+        column = err.position - (text.rfind('\n', 0, err.position) + 1) + 1
+        return f'line {line}, column {column}: character U+{err.character:04X} is not allowed in YAML'
+    return ' '.join(str(err).split())
+
+
+def parse_yaml(text, source):
+    """The value of YAML `text` (safe types only; a key twice in one mapping is an error); any way it
+    fails to parse is a ConfigError '<source>: line L, column C: <problem>'."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{source}: {_yaml_problem(err, text)}') from None
+
+
+def _read_yaml_file(path, where):
+    """The YAML value of file `path`; a file that cannot be read, is not UTF-8 or does not parse is a
+    ConfigError naming it (and `where`: which file names it as its base)."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as err:
+        raise ConfigError(f'cannot read config file {path}{where}: {err.strerror}') from None
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError as err:
+        line = data.count(b'\n', 0, err.start) + 1
+        column = err.start - (data.rfind(b'\n', 0, err.start) + 1) + 1
+        raise ConfigError(f'{path}{where}: line {line}, column {column}: not UTF-8 text '
+                          f'(byte 0x{data[err.start]:02x})') from None
+    return parse_yaml(text, f'{path}{where}')
+
+
 def parse_overrides(items):
     """['--lr', '0.2', 'epochs=3', '--rand_augment=true'] -> {'lr': 0.2, 'epochs': 3, ...}; values are yaml."""
     out, i = {}, 0
@@ -196,7 +259,8 @@ def parse_overrides(items):
         if '=' not in item:
             raise ConfigError(f"cannot read override '{item}': use --key value or key=value")
         key, raw = item.split('=', 1)
-        out[key.replace('-', '_')] = yaml.safe_load(raw) if raw != '' else ''
+        key = key.replace('-', '_')
+        out[key] = parse_yaml(raw, f'the value of {key}') if raw != '' else ''
         i += 1
     return out
 
@@ -216,8 +280,7 @@ def _read_file(path, named_by=None, chain=()):
     # realpath: a cycle is the same file reached again, whatever relative path named it
     if os.path.realpath(path) in (os.path.realpath(p) for p in chain):
         raise ConfigError('config files name each other as base: ' + ' -> '.join((*chain, path)))
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
+    loaded = _read_yaml_file(path, where) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f'{path}{where}: expected a mapping of keys to values')
     # every file is checked on its own, so an unknown key names the file it is written in

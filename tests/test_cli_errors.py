@@ -61,6 +61,39 @@ def test_unknown_key_and_bad_options(capsys):
     _run(train_script.main, ['--arch_name', 'x'], capsys, "error: unknown config key 'arch_name' (did you mean arch")
     _run(train_script.main, ['--config'], capsys, 'error: argument --config: expected one argument (see --help)')
     _run(train_script.main, ['--epochs', 'many'], capsys, "error: config key 'epochs' must be int, got 'many'")
+    _run(train_script.main, ['--lr', '[1'], capsys, "error: the value of lr: line 1, column 3: expected ',' or ']'")
+
+
+# Config files that do not parse, each with the line of `error:` the entry points print after the file name.
+BAD_CONFIGS = {
+    'syntax_error': (b'arch: resnet_mini\nepochs: [1, 2\nlr: 0.1\n',
+                     "line 3, column 3: expected ',' or ']', but got ':' (while parsing a flow sequence that starts "
+                     'at line 2, column 9)'),
+    'not_utf8': (b'arch: resnet_mini\nlr: \xff\xfe0.1\n', 'line 2, column 5: not UTF-8 text (byte 0xff)'),
+    'duplicate_key': (b'arch: resnet_mini\nlr: 0.1\narch: acmix_resnet_mini\n',
+                      "line 3, column 1: key 'arch' is written twice, on lines 1 and 3"),
+}
+
+
+@pytest.mark.parametrize('entry_point', ['train', 'eval', 'export'])
+@pytest.mark.parametrize('in_base', [False, True], ids=['config', 'base'])
+@pytest.mark.parametrize('case', sorted(BAD_CONFIGS))
+def test_a_config_file_that_does_not_parse_is_one_error_line(tmp_path, capsys, case, in_base, entry_point):
+    import export as export_script
+    content, problem = BAD_CONFIGS[case]
+    bad = tmp_path / 'bad.yaml'
+    bad.write_bytes(content)
+    config, where = bad, ''
+    if in_base:
+        config = tmp_path / 'recipe.yaml'
+        config.write_text('base: bad.yaml\nepochs: 1\n')
+        where = f' (the base of {config})'
+    main = {'train': train_script.main, 'eval': eval_script.main, 'export': export_script.main}[entry_point]
+    out = tmp_path / 'out'
+    _, err = _run(main, ['--config', str(config), '--output_dir', str(out), '--checkpoint', str(tmp_path / 'x.ckpt')],
+                  capsys)
+    assert err == f'error: {bad}{where}: {problem}\n'
+    assert not out.exists()
 
 
 def test_unknown_model_name(tiny_imagefolder, tmp_path, capsys):

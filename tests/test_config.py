@@ -102,6 +102,40 @@ def test_base_errors(tmp_path):
         load_config(_write(tmp_path, 't.yaml', 'base: typo.yaml\n'))
 
 
+def test_yaml_problems_are_config_errors_with_the_line_and_column(tmp_path):
+    cases = {
+        'a: [1, 2\nb: 3\n': "line 2, column 2: expected ',' or ']', but got ':' (while parsing a flow sequence that "
+                            'starts at line 1, column 4)',
+        'a: 1\n  b: 2\n': 'line 2, column 4: mapping values are not allowed here',
+        'a: \x00\n': 'line 1, column 4: character U+0000 is not allowed in YAML',
+        'lr: 0.1\nepochs: 2\nlr: 0.2\n': "line 3, column 1: key 'lr' is written twice, on lines 1 and 3",
+        'model_overrides:\n  paths: both\n  paths: attention\n': "line 3, column 3: key 'paths' is written "
+                                                                  'twice, on lines 2 and 3',
+        'model_overrides: {paths: both, paths: attention}\n': "line 1, column 32: key 'paths' is written twice, "
+                                                              'on line 1',
+    }
+    for text, problem in cases.items():
+        path = _write(tmp_path, 'c.yaml', text)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value) == f'{path}: {problem}'
+    path = tmp_path / 'bytes.yaml'
+    path.write_bytes(b'arch: resnet_mini\nlr: \xff0.1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value) == f'{path}: line 2, column 5: not UTF-8 text (byte 0xff)'
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(['--lr', '[1'])
+    assert str(err.value) == ("the value of lr: line 1, column 3: expected ',' or ']', but got '<stream end>' "
+                              '(while parsing a flow sequence that starts at line 1, column 1)')
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    """Only a key written twice is an error; a key a merge (<<) brings in may be set again, as YAML intends."""
+    path = _write(tmp_path, 'm.yaml', 'model_overrides:\n  <<: {paths: both, kernel_conv: 3}\n  paths: attention\n')
+    assert load_config(path).model_overrides == {'paths': 'attention', 'kernel_conv': 3}
+
+
 def test_base_is_not_an_override(tmp_path):
     path = _write(tmp_path, 'r.yaml', 'lr: 0.3\n')
     with pytest.raises(ConfigError, match="'base' cannot be overridden"):
