@@ -7,11 +7,12 @@ documentation supports there.
 For every model and graph (the exported inference graph, and the training step at amp O0 and O2 with
 loss scaling, clipping and weight EMA on, the optimizer of the model's shipped config; at O2 with
 accumulation_steps 2, whose two graphs hold the same forward and backward plus the accumulation, so
-that both forms of the step are audited), a fresh process builds the
+that both forms of the step are audited), a fresh process per model builds the
 model in the portable formulation (what every device but the CPU runs) at the smallest of AUDIT_SIZES
-it takes without padding (or at --image_size), compiles the graph on this machine's CPU with
-MindSpore's IR dump on (the training step is compiled, not run), and this process reads the
-frontend's final graph (`*_validate_*.ir`: after autodiff and optimisation, before any backend pass).
+it takes without padding (or at --image_size), compiles its graphs one after another on this
+machine's CPU with MindSpore's IR dump on (nothing is run: the training steps are compiled only), and
+this process reads each graph's final frontend IR (`*_validate_*.ir`: after autodiff and
+optimisation, before any backend pass).
 Every primitive is checked against the allowlist (`graph_allowlist.yaml`): one entry per primitive,
 with the API page it comes from (for a gradient primitive, the page of the public op whose gradient
 it is), the platforms that page lists, and the constraints checked. A primitive not in the allowlist
@@ -247,9 +248,13 @@ def mindir_infinities(path):
 AUDIT_SIZES = (32, 64, 128, 224)  # the audit builds each model at the smallest of these it takes
 
 
-def _audit_model(arch, image_size, formulation='portable'):
-    """(config, network) for the audit: the shipped config of `arch` if there is one (optimizer,
-    clipping), the formulation, and image_size or the smallest of AUDIT_SIZES that works unpadded."""
+def _audit_config(arch, image_size, formulation='portable'):
+    """The config of the audit of `arch`: its shipped config if there is one (optimizer, clipping), the
+    formulation, and image_size or the smallest of AUDIT_SIZES that works unpadded. The sizes are tried
+    on models built without initialising their weights (a full Swin's truncated-normal initialisation
+    takes seconds)."""
+    from mindspore.nn.utils import no_init_parameters
+
     from ..config import load_config
     from ..models import InputSizeError, build_model
     path = Path(__file__).resolve().parents[2] / 'config' / f'{arch}.yaml'
@@ -258,7 +263,8 @@ def _audit_model(arch, image_size, formulation='portable'):
     for size in ([image_size] if image_size else AUDIT_SIZES):
         cfg.image_size = size
         try:
-            net = build_model(cfg)
+            with no_init_parameters():
+                net = build_model(cfg)
         except InputSizeError:
             if image_size:
                 raise
@@ -266,35 +272,33 @@ def _audit_model(arch, image_size, formulation='portable'):
         # Swin takes any size, zero-padding what its windows do not divide; the automatic choice is
         # a size it takes as the official classification model does (--image_size audits the padding).
         if image_size or not getattr(net, 'padded', False):
-            return cfg, net
+            return cfg
     raise InputSizeError(f'{arch} takes none of the audit sizes {AUDIT_SIZES} without padding; pass --image_size')
 
 
-def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
-    """Build and compile one graph of `arch` (in this process, whose environment has the IR dump
-    on); returns a record for the parent."""
+def compile_graph(cfg, graph, out_dir):
+    """Build the model of `cfg` and compile one of GRAPHS: the MINDIR export of inference, or the
+    training step (compiled and not run: PRECOMPILE_ENV), whose networks are built without
+    initialising their weights (nothing reads them). Returns the record's graph-specific items."""
     import mindspore as ms
     from mindspore import Tensor
+    from mindspore.nn.utils import no_init_parameters
 
-    import src  # noqa: F401
-
-    from ..engine.context import use_device
     from ..engine.optim import build_optimizer
     from ..engine.train_step import EMA_PREFIX, WeightEMA, make_train_step
     from ..engine.trainer import SoftTargetCrossEntropy
+    from ..models import build_model
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    use_device('CPU')
-    cfg, net = _audit_model(arch, image_size, formulation)
     size = cfg.image_size
     images = Tensor(np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32))
-    record = {'arch': arch, 'graph': graph, 'image_size': size}
-    if graph == 'infer':
+    if graph == 'infer':  # the MINDIR holds the weights, and they are checked for infinities
+        net = build_model(cfg)
         net.set_train(False)
-        file_name = os.path.join(out_dir, arch)
+        file_name = os.path.join(out_dir, cfg.arch)
         ms.export(net, images, file_name=file_name, file_format='MINDIR')
-        record['mindir'] = file_name + '.mindir'
-        return record
+        return {'mindir': file_name + '.mindir'}
+    with no_init_parameters():
+        net, average_net = build_model(cfg), build_model(cfg)
     net.set_train(True)
     lrs = np.full(4, 1e-3, np.float32)
     optimizer = build_optimizer(net, cfg.optimizer, lrs, cfg.weight_decay, cfg.momentum, cfg.no_decay_1d)
@@ -302,7 +306,6 @@ def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
     if amp_level != 'O0':
         net = ms.amp.auto_mixed_precision(net, amp_level)
     scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
-    _, average_net = _audit_model(arch, image_size, formulation)
     average_net.update_parameters_name(EMA_PREFIX)
     ema = WeightEMA(net, average_net, 0.9999)
     accumulation_steps = 1 if amp_level == 'O0' else 2
@@ -310,36 +313,103 @@ def run_worker(arch, graph, image_size, out_dir, formulation='portable'):
                            accumulation_steps=accumulation_steps, ema=ema)
     targets = Tensor(np.eye(10, dtype=np.float32)[[1, 2]])
     step([(images, targets)] * accumulation_steps)  # compiled only (PRECOMPILE_ENV)
-    record['accumulation_steps'] = accumulation_steps
-    return record
+    return {'accumulation_steps': accumulation_steps}
 
 
-def audit(arch, graph, args, root):
-    """Compile one graph in a fresh process with the IR dump on; returns (record, nodes, mindir
-    infinities) or raises RuntimeError with the worker's error."""
-    with tempfile.TemporaryDirectory(prefix=f'audit_{arch}_{graph}_') as tmp:
-        env = dict(os.environ, **DUMP_ENV, **{DUMP_PATH_ENV: os.path.join(tmp, 'ir')})
-        if graph != 'infer':
-            env.update(PRECOMPILE_ENV)
-        cmd = [sys.executable, '-m', 'src.tools.audit_graph', '--worker', '--arch', arch, '--graphs', graph,
+def _ir_files(folder):
+    return set(glob.glob(os.path.join(folder, '**', '*.ir'), recursive=True))
+
+
+def run_worker(arch, graphs, image_size, out_dir, formulation='portable'):
+    """Compile `graphs` of `arch` one after another in this process, whose environment has the IR
+    dump (into out_dir/ir) and precompile-only on; the IR files of each graph's compile are moved to
+    out_dir/<graph>/. Prints one record per graph for the parent as it completes (a graph that fails
+    to build or compile gets an error record, and the next one is tried)."""
+    import mindspore as ms
+
+    import src  # noqa: F401
+
+    from ..engine.context import use_device
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device('CPU')
+    cfg = _audit_config(arch, image_size, formulation)
+    dump = os.environ[DUMP_PATH_ENV]
+    for graph in graphs:
+        record = {'arch': arch, 'graph': graph, 'image_size': cfg.image_size}
+        before, start = _ir_files(dump), time.time()
+        try:
+            record.update(compile_graph(cfg, graph, out_dir))
+        except Exception as err:  # reported by the parent as this graph's failure
+            record['error'] = f'{type(err).__name__}: {err}'.strip()[-2000:]
+        record['seconds'] = time.time() - start
+        folder = os.path.join(out_dir, graph)
+        os.makedirs(folder)
+        for path in _ir_files(dump) - before:
+            os.replace(path, os.path.join(folder, os.path.basename(path)))
+        print(RESULT_TAG + json.dumps(record), flush=True)
+
+
+def audit(arch, graphs, args, root):
+    """Compile `graphs` of `arch` in a fresh process with the IR dump on; returns [(graph, result)]
+    in the order of `graphs`, result (record, nodes, mindir infinities) or a RuntimeError with the
+    worker's error."""
+    with tempfile.TemporaryDirectory(prefix=f'audit_{arch}_') as tmp:
+        env = dict(os.environ, **DUMP_ENV, **PRECOMPILE_ENV, **{DUMP_PATH_ENV: os.path.join(tmp, 'ir')})
+        cmd = [sys.executable, '-m', 'src.tools.audit_graph', '--worker', '--arch', arch, '--graphs', *graphs,
                '--out_dir', tmp, '--formulation', args.formulation]
         cmd += ['--image_size', str(args.image_size)] if args.image_size else []
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        record = next((json.loads(line[len(RESULT_TAG):]) for line in proc.stdout.splitlines()
-                       if line.startswith(RESULT_TAG)), None)
-        if record is None:
-            tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()][-6:]
-            raise RuntimeError(f'exit code {proc.returncode}: ' + ' | '.join(tail))
-        files = sorted(glob.glob(os.path.join(tmp, 'ir', '**', '*_validate_*.ir'), recursive=True))
-        if not files:
-            raise RuntimeError(f'no *_validate_*.ir in the IR dump of {arch} {graph} '
-                               f'(are {", ".join(DUMP_ENV)} honoured?)')
-        nodes = []
-        for path in files:
-            with open(path, errors='replace') as f:
-                nodes += parse_ir(f.read())
-        infinities = mindir_infinities(record['mindir']) if 'mindir' in record else []
-    return record, nodes, infinities
+        records = {}
+        for line in proc.stdout.splitlines():
+            if line.startswith(RESULT_TAG):
+                record = json.loads(line[len(RESULT_TAG):])
+                records[record['graph']] = record
+        tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()][-6:]
+        results = []
+        for graph in graphs:
+            record = records.get(graph)
+            if record is None:
+                results.append((graph, RuntimeError(f'exit code {proc.returncode}: ' + ' | '.join(tail))))
+                continue
+            if 'error' in record:
+                results.append((graph, RuntimeError(record['error'])))
+                continue
+            files = sorted(glob.glob(os.path.join(tmp, graph, '*_validate_*.ir')))
+            if not files:
+                results.append((graph, RuntimeError(f'no *_validate_*.ir in the IR dump of {arch} {graph} '
+                                                    f'(are {", ".join(DUMP_ENV)} honoured?)')))
+                continue
+            nodes = []
+            for path in files:
+                with open(path, errors='replace') as f:
+                    nodes += parse_ir(f.read())
+            infinities = mindir_infinities(record['mindir']) if 'mindir' in record else []
+            results.append((graph, (record, nodes, infinities)))
+    return results
+
+
+def report(arch, graph, record, nodes, infinities, allowlist, targets, root):
+    """Print the audit of one compiled graph for each target; returns how many targets have violations."""
+    failed = 0
+    for target in targets:
+        violations = check_nodes(nodes, allowlist, target, root)
+        violations += [('MINDIR', f'{where} holds +-inf', '', '', record['mindir']) for where in infinities]
+        groups = {}
+        for violation in violations:  # one report per primitive and reason, with its first node
+            groups.setdefault(violation[:2], []).append(violation)
+        status = 'ok' if not groups else f'{len(violations)} violation(s)'
+        accumulation = record.get('accumulation_steps', 1)
+        label = f'{graph} x{accumulation}' if accumulation > 1 else graph
+        print(f'{arch} {label} ({record["image_size"]} px, {record["seconds"]:.0f} s) {target}: '
+              f'{len(nodes)} primitive nodes, {len({n.name for n in nodes})} primitives, {status}', flush=True)
+        for (prim, message), found in groups.items():
+            _, _, attrs, shapes, source = found[0]
+            more = f' (and {len(found) - 1} more nodes)' if len(found) > 1 else ''
+            print(f'  {prim}: {message}{more}\n    attributes {attrs or "{}"}\n    shapes {shapes}\n'
+                  f'    at {source}', flush=True)
+        failed += bool(groups)
+    return failed
 
 
 def main(argv=None):
@@ -353,14 +423,14 @@ def main(argv=None):
     parser.add_argument('--formulation', default='portable', choices=('portable', 'cpu'),
                         help='the formulation to build: portable (what devices run) or cpu (to see what '
                              'the CPU formulation would break)')
-    parser.add_argument('--jobs', type=int, default=1, help='graphs compiled at the same time (one process each)')
+    parser.add_argument('--jobs', type=int, default=1, help='models compiled at the same time (one process each)')
     parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--out_dir', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    graphs = list(dict.fromkeys(args.graphs))
     if args.worker:
-        record = run_worker(args.arch[0], args.graphs[0], args.image_size, args.out_dir, args.formulation)
-        print(RESULT_TAG + json.dumps(record), flush=True)
+        run_worker(args.arch[0], graphs, args.image_size, args.out_dir, args.formulation)
         return 0
 
     from ..models import list_models
@@ -370,41 +440,18 @@ def main(argv=None):
         parser.error(f'unknown model(s) {", ".join(unknown)}; available: {", ".join(list_models())}')
     allowlist = load_allowlist(args.allowlist)
     root = Path(__file__).resolve().parents[2]
-    jobs = [(arch, graph) for arch in archs for graph in args.graphs]
-
-    def timed_audit(job):
-        start = time.time()
-        try:
-            return job, audit(*job, args, root), time.time() - start
-        except RuntimeError as err:
-            return job, err, time.time() - start
 
     failed = 0
-    # Each graph compiles in its own process, mostly on one core: --jobs runs several side by side.
+    # One process per model compiles its graphs one after another, mostly on one core: --jobs runs
+    # several models side by side.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for (arch, graph), result, seconds in pool.map(timed_audit, jobs):
-            if isinstance(result, RuntimeError):
-                print(f'FAILED {arch} {graph}: the graph did not compile: {result}', flush=True)
-                failed += 1
-                continue
-            record, nodes, infinities = result
-            for target in args.target:
-                violations = check_nodes(nodes, allowlist, target, root)
-                violations += [('MINDIR', f'{where} holds +-inf', '', '', record['mindir']) for where in infinities]
-                groups = {}
-                for violation in violations:  # one report per primitive and reason, with its first node
-                    groups.setdefault(violation[:2], []).append(violation)
-                status = 'ok' if not groups else f'{len(violations)} violation(s)'
-                accumulation = record.get('accumulation_steps', 1)
-                label = f'{graph} x{accumulation}' if accumulation > 1 else graph
-                print(f'{arch} {label} ({record["image_size"]} px, {seconds:.0f} s) {target}: '
-                      f'{len(nodes)} primitive nodes, {len({n.name for n in nodes})} primitives, {status}', flush=True)
-                for (prim, message), found in groups.items():
-                    _, _, attrs, shapes, source = found[0]
-                    more = f' (and {len(found) - 1} more nodes)' if len(found) > 1 else ''
-                    print(f'  {prim}: {message}{more}\n    attributes {attrs or "{}"}\n    shapes {shapes}\n'
-                          f'    at {source}', flush=True)
-                failed += bool(groups)
+        for arch, results in zip(archs, pool.map(lambda arch: audit(arch, graphs, args, root), archs)):
+            for graph, result in results:
+                if isinstance(result, RuntimeError):
+                    print(f'FAILED {arch} {graph}: the graph did not compile: {result}', flush=True)
+                    failed += 1
+                    continue
+                failed += report(arch, graph, *result, allowlist, args.target, root)
     return 1 if failed else 0
 
 
