@@ -45,7 +45,10 @@ acmix_optional() {
     local missing=()
     for spec in "$@"; do
         local module="${spec%%[=<>]*}"
-        [ "$module" = scikit-learn ] && module=sklearn
+        case "$module" in  # distribution names that are not module names
+            scikit-learn) module=sklearn ;;
+            pytest-xdist) module=xdist ;;
+        esac
         "$PY" -c "import $module" >/dev/null 2>&1 || missing+=("$spec")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -1,4 +1,6 @@
-"""Shared test set-up: CPU, graph mode (the project's default), fixed seeds."""
+"""Shared test set-up: CPU, graph mode (the project's default), fixed seeds; under pytest-xdist, tests
+marked all_cpus run while no other test does."""
+import fcntl
 import os
 import sys
 
@@ -28,6 +30,41 @@ def formulation(request):
 def _seed():
     ms.set_seed(0)
     np.random.seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: left out of the inner loop (scripts/run_tests.sh --fast); CI runs it')
+    config.addinivalue_line('markers', 'all_cpus: starts processes that keep every CPU busy (msrun workers): '
+                                       'under pytest-xdist it runs while no other test does')
+    config.addinivalue_line('markers', 'long: one of the longest tests (a minute or more); collected first')
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked all_cpus first, then those marked long, then the rest in their order. Under
+    pytest-xdist (worksteal), the first worker's share starts with them: an all_cpus test then waits
+    for one short test of the other worker before it has the CPUs, not for a long one; and a worker
+    out of tests takes some from the end of another's share, so no worker runs a long test alone at
+    the end of the run."""
+    items.sort(key=lambda item: (item.get_closest_marker('all_cpus') is None, item.get_closest_marker('long') is None))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_share(request, tmp_path_factory):
+    """Under pytest-xdist (scripts/run_tests.sh runs a worker per CPU), a test marked all_cpus holds the
+    CPUs alone: every test holds a shared lock on a file all workers see, an all_cpus test an exclusive
+    one. A second lock, the gate, is taken before either and kept by an all_cpus test while it runs,
+    so that a worker waiting for the CPUs is not overtaken by the other workers' next tests."""
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        yield
+        return
+    folder = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
+    exclusive = request.node.get_closest_marker('all_cpus') is not None
+    with open(folder / 'cpus.gate', 'a') as gate, open(folder / 'cpus.lock', 'a') as cpus:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(cpus, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # the locks go with the files
 
 
 def write_tiny_imagefolder(root, classes=3, train_per_class=8, val_per_class=4, size=32, seed=0):

@@ -120,6 +120,7 @@ def _saved_weights(output_dir, epoch):
     return {k: v.asnumpy() for k, v in params.items() if not k.startswith(('optimizer.', 'meta.', 'ema.'))}
 
 
+@pytest.mark.slow
 def test_training_with_accumulation_equals_the_whole_batch(tiny_imagefolder, tmp_path):
     """swin_mini has no BatchNorm (whose statistics are per micro-batch) and, with drop_path_rate 0,
     no randomness in the step; without mixup, flips or label smoothing, and with the crop's random
@@ -157,6 +158,7 @@ def _eval_command(data_dir, checkpoint, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_saved_validated_and_used_on_request(tiny_imagefolder, tmp_path):
     import json
     import subprocess

@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSRUN = os.path.join(os.path.dirname(sys.executable), 'msrun')
 needs_msrun = pytest.mark.skipif(not os.path.exists(MSRUN) and shutil.which('msrun') is None,
                                  reason='msrun not installed')
+# msrun starts two training workers and a scheduler: each test holds both CPUs under pytest-xdist
+pytestmark = [pytest.mark.all_cpus, pytest.mark.slow]
 
 
 def _free_port():

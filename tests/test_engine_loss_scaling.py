@@ -95,6 +95,7 @@ def overflowing_run(tiny_imagefolder, tmp_path_factory):
     return out, train(cfg)
 
 
+@pytest.mark.slow
 def test_overflowing_steps_are_skipped_counted_and_training_recovers(overflowing_run):
     out, history = overflowing_run
     skipped = [r['skipped_steps'] for r in history]

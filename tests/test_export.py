@@ -11,6 +11,8 @@ from conftest import tiny_config
 from src.engine.checkpoint import save_training_checkpoint
 from src.models import build_model
 
+pytestmark = pytest.mark.slow  # MINDIR round trips of the mini models and the entry points' runs
+
 
 @pytest.mark.parametrize('arch,dynamic', [('acmix_resnet_mini', False), ('acmix_resnet_mini', True),
                                           ('resnet_mini', True), ('acmix_swin_mini', True), ('swin_mini', True)])

@@ -174,6 +174,7 @@ def _truncate(path):
     path.write_bytes(data[:len(data) // 2])
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_resume_auto_takes_the_one_before(tiny_imagefolder, tmp_path):
     train(tiny_config(tiny_imagefolder, tmp_path, epochs=2, eval_interval=0))
     newest = tmp_path / 'checkpoints' / 'epoch_002.ckpt'

@@ -118,6 +118,7 @@ def test_windowed_layer_under_mixed_precision_runs_the_portable_path_on_the_whol
     np.testing.assert_allclose(got.asnumpy().astype(np.float32), want, atol=1e-2 * np.abs(want).max())
 
 
+@pytest.mark.slow
 @needs_compiler
 def test_library_is_built_once_per_source(tmp_path):
     sources = tmp_path / 'csrc'

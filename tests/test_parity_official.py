@@ -161,12 +161,14 @@ def test_acmix_layer_matches_official(stride, h, w, formulation):
     _assert_close(layer(Tensor(x)).asnumpy(), want, want64, 'ACmix layer')
 
 
+@pytest.mark.slow
 def test_tiny_acmix_resnet_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
     check_resnet(tref.acmix_resnet([1, 1, 1, 1], num_classes=10, base_channels=16), 'acmix_resnet_mini',
                  tmp_path, 128, wrap='state_dict', formulation=formulation, stem='imagenet')
 
 
+@pytest.mark.slow
 def test_tiny_plain_resnet_matches_official(tmp_path):
     torch.manual_seed(0)
     check_resnet(tref.resnet_plain([1, 1, 1, 1], num_classes=10, base_channels=16), 'resnet_mini',
@@ -176,12 +178,14 @@ def test_tiny_plain_resnet_matches_official(tmp_path):
 MINI_SWIN = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
 
 
+@pytest.mark.slow
 def test_tiny_acmix_swin_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
     tmodel = tref.swin(True, num_classes=10, **MINI_SWIN)
     check_swin(tmodel, 'acmix_swin_mini', tmp_path, 32, wrap='model', formulation=formulation)
 
 
+@pytest.mark.slow
 def test_tiny_plain_swin_matches_official(tmp_path, formulation):
     torch.manual_seed(0)
     check_swin(tref.swin(False, num_classes=10, **MINI_SWIN), 'swin_mini', tmp_path, 32, wrap='model',
@@ -191,6 +195,7 @@ def test_tiny_plain_swin_matches_official(tmp_path, formulation):
 PADDED_MINI_SWIN = dict(MINI_SWIN, img_size=(37, 57))
 
 
+@pytest.mark.slow
 def test_tiny_acmix_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path, formulation):
     """37 x 57 pads at every level (patch embedding, the windows of every stage, the patch merging of
     odd sides); the last stage, 3 x 4 tokens, takes a padded, shifted window as in the detection
@@ -200,6 +205,7 @@ def test_tiny_acmix_swin_padded_to_any_size_matches_official_detection_formulati
                wrap='model', formulation=formulation, img_size=(37, 57))
 
 
+@pytest.mark.slow
 def test_tiny_plain_swin_padded_to_any_size_matches_official_detection_formulation(tmp_path, formulation):
     torch.manual_seed(0)
     check_swin(tref.swin(False, num_classes=10, **PADDED_MINI_SWIN), 'swin_mini', tmp_path, (37, 57),
@@ -216,6 +222,7 @@ FULL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get('ACMIX_FULL_PARITY') != '1', reason='full-size parity: set ACMIX_FULL_PARITY=1')
 @pytest.mark.parametrize('arch,build', FULL, ids=[a for a, _ in FULL])
 def test_full_size_matches_official(tmp_path, arch, build, formulation):
@@ -227,6 +234,7 @@ def test_full_size_matches_official(tmp_path, arch, build, formulation):
           + ', '.join(f'{d:.2e} ({o:.2e})' for d, o in diffs))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get('ACMIX_FULL_PARITY') != '1', reason='full-size parity: set ACMIX_FULL_PARITY=1')
 @pytest.mark.parametrize('acmix', [True, False], ids=['acmix_swin_tiny', 'swin_tiny'])
 def test_full_size_swin_at_250x330_matches_official_detection_formulation(tmp_path, acmix, formulation):

@@ -17,6 +17,8 @@ from src.data.imagefolder import build_dataset, eval_transforms, imagenet_class_
 from src.engine.trainer import TrainingError, train
 from src.progress import Progress
 
+pytestmark = pytest.mark.slow  # training runs stopped and resumed
+
 
 def test_grayscale_palette_rgba_and_cmyk_images_become_rgb(tmp_path):
     from mindspore.dataset import vision

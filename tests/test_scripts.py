@@ -37,18 +37,35 @@ def test_usage_on_missing_arguments(script, args, missing):
     assert proc.stdout == ''
 
 
-@pytest.mark.parametrize('args, expected', [(['tests/test_config.py'], {'tests/test_config.py'}),
-                                            (['-k', 'error'], None)])
-def test_run_tests_runs_the_named_files_or_else_the_suite(args, expected):
+def _collected(*args):
+    """The test ids run_tests.sh selects with these arguments."""
     proc = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'run_tests.sh'), '--collect-only', *args],
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHON=sys.executable, ACMIX_TEST_TORCH='0'))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    files = {line.split('::')[0] for line in proc.stdout.splitlines() if '::' in line}
+    return {line for line in proc.stdout.splitlines() if '::' in line}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('args, expected', [(['tests/test_config.py'], {'tests/test_config.py'}),
+                                            (['-k', 'error'], None)])
+def test_run_tests_runs_the_named_files_or_else_the_suite(args, expected):
+    files = {test.split('::')[0] for test in _collected(*args)}
     if expected is None:
         assert len(files) > 3  # -k alone selects from the whole suite
     else:
         assert files == expected
+
+
+@pytest.mark.slow
+def test_run_tests_fast_leaves_out_exactly_the_slow_tests():
+    everything, fast = _collected('tests'), _collected('--fast', 'tests')
+    slow = everything - fast
+    assert fast < everything and slow
+    marked = _collected('-m', 'slow', 'tests')
+    assert slow == marked
+    assert any(test.startswith('tests/test_tools_audit_graph.py::test_every_registered_model') for test in slow)
+    assert any(test.startswith('tests/test_layers_acmix.py::') for test in fast)
 
 
 # Rank-table launch (scripts/run_distribute_train.sh RANK_TABLE_FILE ...): the table is read by

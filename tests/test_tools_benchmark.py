@@ -19,6 +19,7 @@ from src.tools.benchmark import (
 )
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run([sys.executable, '-m', 'src.tools.benchmark', '--arch', 'acmix_resnet_mini', 'resnet_mini',
@@ -64,6 +65,7 @@ def test_compile_seconds_reads_mindspore_compile_events():
     assert compile_seconds(event('23:59:58.250.000', 'Start')) is None  # never finished
 
 
+@pytest.mark.slow
 def test_benchmark_official_smoke(tmp_path):
     pytest.importorskip('torch')
     out = tmp_path / 'bench.json'
@@ -97,16 +99,20 @@ def test_official_worker_uses_the_given_threads():
     assert tuple(record) == KEYS and record['arch'] == 'official:swin_mini' and record['compile_s'] is None
 
 
+@pytest.mark.slow
 def test_official_models_are_the_registered_configurations():
     """The same trainable parameters and stochastic-depth rates as our model, so that the official run
     does the same work."""
     pytest.importorskip('torch')
+    from mindspore.nn.utils import no_init_parameters
+
     from src.layers.drop_path import DropPath
     from src.models import create_model, list_models, size_overrides
     assert set(OFFICIAL_MODELS) <= set(list_models())
     for arch in OFFICIAL_MODELS:
         size = 32 if arch.endswith('_mini') else 224
-        ours = create_model(arch, num_classes=1000, **size_overrides(arch, size))
+        with no_init_parameters():  # shapes and rates only
+            ours = create_model(arch, num_classes=1000, **size_overrides(arch, size))
         theirs = benchmark.build_official(arch, size)
         assert (sum(p.size for p in ours.trainable_params())
                 == sum(p.numel() for p in theirs.parameters() if p.requires_grad)), arch
@@ -153,6 +159,7 @@ def test_official_errors_before_anything_runs(monkeypatch, tmp_path):
     assert not ran
 
 
+@pytest.mark.slow
 def test_mindcv_worker_times_mindcvs_model_in_our_set_up():
     pytest.importorskip('mindcv')
     # in a fresh worker, as the benchmark starts it, so mindcv's Cells never live in the pytest process
