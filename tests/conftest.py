@@ -36,7 +36,7 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: left out of the inner loop (scripts/run_tests.sh --fast); CI runs it')
     config.addinivalue_line('markers', 'all_cpus: starts processes that keep every CPU busy (msrun workers): '
                                        'under pytest-xdist it runs while no other test does')
-    config.addinivalue_line('markers', 'long: one of the longest tests (a minute or more); collected first')
+    config.addinivalue_line('markers', 'long: one of the longest tests (the audit of a whole model); collected first')
 
 
 def pytest_collection_modifyitems(items):
