@@ -32,7 +32,11 @@ SCHEMA = {
     'interpolation': ('bilinear', 'resize interpolation: bilinear | bicubic'),
     'bad_images': ('stop', 'unreadable (corrupt, truncated) images: stop, naming the file | skip them '
                            '(counted; under data parallel replaced by other images, so ranks stay in step)'),
-    'crop_pct': (0.875, 'eval: resize to image_size / crop_pct, then centre-crop image_size'),
+    'crop_pct': (0.875, 'eval: resize the short side to int(image_size / crop_pct), then centre-crop '
+                        'image_size; in (0, 1]'),
+    'eval_pipeline': ('official', "eval/predict input: official (PIL, the official torchvision pipeline's "
+                                  "tensors bit for bit) | fast (MindSpore's C ops: faster, not the same "
+                                  "tensors: no antialiasing)"),
     'scale_min': (0.08, 'RandomResizedCrop minimum area fraction'),
     'hflip': (0.5, 'horizontal flip probability'),
     'rand_augment': (False, 'RandAugment (2 ops, magnitude rand_magnitude)'),
@@ -102,6 +106,7 @@ SCHEMA = {
 CHOICES = {
     'interpolation': ('bilinear', 'bicubic'),
     'bad_images': ('stop', 'skip'),
+    'eval_pipeline': ('official', 'fast'),
     'optimizer': ('sgd', 'adamw'),
     'device_target': ('CPU', 'GPU', 'Ascend'),
     'mode': ('graph', 'pynative'),
@@ -177,6 +182,8 @@ def _validate(cfg):
                           f'{cfg.max_device_memory!r}')
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"config key 'ema_decay' must be in [0, 1), got {cfg.ema_decay}")
+    if not 0.0 < cfg.crop_pct <= 1.0:  # above 1 the resized image would be smaller than its crop
+        raise ConfigError(f"config key 'crop_pct' must be in (0, 1], got {cfg.crop_pct}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f'warmup_epochs must be between 0 and epochs ({cfg.epochs}), got {cfg.warmup_epochs}')
 

@@ -165,6 +165,11 @@ def test_overrides_and_types(tmp_path):
         load_config(None, {'epochs': 'many'})
     with pytest.raises(ConfigError, match="'optimizer' must be one of sgd, adamw"):
         load_config(None, {'optimizer': 'lamb'})
+    with pytest.raises(ConfigError, match="'eval_pipeline' must be one of official, fast"):
+        load_config(None, {'eval_pipeline': 'opencv'})
+    for crop_pct in (0.0, 1.2):  # a resized image smaller than its crop
+        with pytest.raises(ConfigError, match=r"'crop_pct' must be in \(0, 1\]"):
+            load_config(None, {'crop_pct': crop_pct})
     with pytest.raises(ConfigError, match='needs a value'):
         parse_overrides(['--lr'])
 

@@ -1,8 +1,9 @@
 """ImageNet-layout datasets (`<root>/train/<class>/*`, `<root>/val/<class>/*`) with mindspore.dataset.
 
-Decode turns grayscale, palette, RGBA (alpha dropped) and CMYK images into RGB, as PIL's
-convert('RGB') does. Unreadable files (corrupt, truncated, not an image) stop the run with an
-error naming the file, or with `bad_images: skip` are left out (see `set_bad_image_policy`).
+The per-image transforms are in `transforms.py`; every pipeline reads grayscale, palette, RGBA (alpha
+dropped) and CMYK images as RGB, as PIL's convert('RGB') does. Unreadable files (corrupt, truncated,
+not an image) stop the run with an error naming the file, or with `bad_images: skip` are left out
+(see `set_bad_image_policy`).
 """
 import contextlib
 import glob
@@ -11,16 +12,12 @@ import re
 
 import numpy as np
 import mindspore.dataset as ds
-from mindspore.dataset import vision
-from mindspore.dataset.vision import Inter
 
 from ..errors import UserError
 from .mixup import MixupCutmix
+from .transforms import eval_transforms, train_transforms
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPEG', '.JPG', '.PNG', '.BMP')
-_INTER = {'bilinear': Inter.BILINEAR, 'bicubic': Inter.BICUBIC}
 
 
 class DataError(UserError):
@@ -53,7 +50,7 @@ def readable_images(path=None):
     before = set(glob.glob(_DECODE_DUMPS))
     try:
         yield
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:  # OSError: PIL's, when the one file `path` is decoded
         found = _BAD_FILE.search(str(err))
         if found is None and path is None:
             raise
@@ -87,26 +84,6 @@ def imagenet_class_names():
 
 def count_images(split_dir):
     return sum(1 for _, _, files in os.walk(split_dir) for f in files if f.endswith(IMAGE_EXTENSIONS))
-
-
-def train_transforms(cfg):
-    inter = _INTER[cfg.interpolation]
-    ops = [vision.Decode(), vision.RandomResizedCrop(cfg.image_size, scale=(cfg.scale_min, 1.0), interpolation=inter)]
-    if cfg.hflip > 0:
-        ops.append(vision.RandomHorizontalFlip(cfg.hflip))
-    if cfg.rand_augment:
-        ops.append(vision.RandAugment(num_ops=2, magnitude=cfg.rand_magnitude))
-    ops += [vision.ToTensor(), vision.Normalize(IMAGENET_MEAN, IMAGENET_STD, is_hwc=False)]
-    if cfg.random_erasing > 0:
-        ops.append(vision.RandomErasing(prob=cfg.random_erasing))
-    return ops
-
-
-def eval_transforms(cfg):
-    resize = int(round(cfg.image_size / cfg.crop_pct))
-    return [vision.Decode(), vision.Resize(resize, interpolation=_INTER[cfg.interpolation]),
-            vision.CenterCrop(cfg.image_size), vision.ToTensor(),
-            vision.Normalize(IMAGENET_MEAN, IMAGENET_STD, is_hwc=False)]
 
 
 def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=None):

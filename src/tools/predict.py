@@ -16,7 +16,8 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from src.config import argument_parser, config_from_parsed
-from src.data.imagefolder import DataError, class_names, eval_transforms, imagenet_class_names, readable_images
+from src.data.imagefolder import DataError, class_names, imagenet_class_names, readable_images
+from src.data.transforms import eval_transforms
 from src.engine.context import setup_context
 
 SYNSET = re.compile(r'n\d{8}')
