@@ -194,3 +194,24 @@ def test_mindcv_errors_before_anything_runs(monkeypatch):
     with pytest.raises(UserError, match='mindcv, which is not installed'):
         benchmark.main(['--arch', 'swin_tiny', '--mindcv'])
     assert not ran
+
+
+def test_data_benchmark_times_each_pipeline_on_generated_photos(tmp_path):
+    """The input-pipeline benchmark (src/tools/benchmark_data.py): photos written, each pipeline timed."""
+    pytest.importorskip('matplotlib')
+    out = tmp_path / 'data.json'
+    proc = subprocess.run([sys.executable, '-m', 'src.tools.benchmark_data', '--images', '6', '--rounds', '2',
+                           '--json', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(out.read_text())
+    assert [r['pipeline'] for r in records] == ['official', 'fast', 'train']
+    assert all(r['images'] == 6 and len(r['rounds']) == 2 and r['images_per_s'] > 0 for r in records)
+    assert 'official / fast: ' in proc.stdout
+
+
+def test_data_benchmark_needs_the_split_its_pipelines_read(tmp_path, capsys):
+    from src.tools import benchmark_data
+    (tmp_path / 'val' / 'a').mkdir(parents=True)
+    code = benchmark_data.run_main(benchmark_data.main, ['--data_dir', str(tmp_path), '--pipelines', 'train'])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f'error: {tmp_path} has no train/ folder (the train pipelines read it)'
