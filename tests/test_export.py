@@ -56,19 +56,23 @@ def test_predict_on_mindir(tiny_imagefolder, tmp_path, capsys):
     assert len(probs) == 3 and abs(sum(probs) - 1) < 1e-3 and probs == sorted(probs, reverse=True)
 
 
-def test_eval_script_on_an_official_pth(tiny_imagefolder, tmp_path, capsys):
-    """eval.py takes an official-format .pth (converted in memory) and reports on every val image."""
-    torch = pytest.importorskip('torch')
+def test_eval_script_on_every_official_pth_layout(tiny_imagefolder, tmp_path, capsys):
+    """eval.py takes an official .pth in each of its layouts (converted in memory), the official
+    training script's full checkpoint included, and reports the same on every val image."""
+    pytest.importorskip('torch')
     import json
 
     import eval as eval_script
     import torch_reference as tref
     tmodel = tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
                        num_heads=(1, 2, 4, 8), window_size=4)
-    pth = str(tmp_path / 'acmix_swin_mini.pth')
-    torch.save({'model': tmodel.state_dict()}, pth)
-    assert eval_script.main(['--arch', 'acmix_swin_mini', '--num_classes', '3', '--image_size', '32',
-                             '--crop_pct', '1.0', '--data_dir', tiny_imagefolder, '--checkpoint', pth,
-                             '--eval_batch_size', '5']) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result['count'] == 12 and 0.0 <= result['top1'] <= 1.0 and result['top5'] == 1.0
+    results = {}
+    for layout, pth in tref.write_pth_layouts(tmodel, str(tmp_path)).items():
+        assert eval_script.main(['--arch', 'acmix_swin_mini', '--num_classes', '3', '--image_size', '32',
+                                 '--crop_pct', '1.0', '--data_dir', tiny_imagefolder, '--checkpoint', pth,
+                                 '--eval_batch_size', '5']) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        results[layout] = {k: v for k, v in result.items() if k != 'checkpoint'}
+    assert not tref.CfgNode.constructed
+    assert results['bare']['count'] == 12 and 0.0 <= results['bare']['top1'] <= 1.0
+    assert all(result == results['bare'] for result in results.values()), results

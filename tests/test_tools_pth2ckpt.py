@@ -90,3 +90,54 @@ def test_strict_loader_names_mismatched_keys(tmp_path):
                                                       r'(.|\n)*4 unexpected in the checkpoint: layer1.0.conv2.weight'):
         load_checkpoint_strict(create_model('acmix_resnet_mini', num_classes=7), ckpt)
     load_checkpoint_strict(create_model('resnet_mini', num_classes=4), ckpt, skip_prefixes=('fc.',))
+
+
+def _tiny_official_swin():
+    torch = pytest.importorskip('torch')
+    import torch_reference as tref
+    torch.manual_seed(0)
+    return tref, tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
+                           num_heads=(1, 2, 4, 8), window_size=4)
+
+
+def test_every_official_pth_layout_reads_as_the_same_weights_without_running_its_objects(tmp_path):
+    """The official training script's checkpoint holds a yacs config object: read as inert data."""
+    tref, model = _tiny_official_swin()
+    paths = tref.write_pth_layouts(model, str(tmp_path))
+    read = {layout: weights.load_pth(path) for layout, path in paths.items()}
+    assert not tref.CfgNode.constructed
+    want = {k: v.numpy() for k, v in model.state_dict().items()}
+    for layout, state_dict in read.items():
+        assert state_dict.keys() == want.keys(), layout
+        for key, value in want.items():
+            np.testing.assert_array_equal(state_dict[key], value, err_msg=f'{layout} {key}')
+    net = create_model('acmix_swin_mini', num_classes=3)  # and the weights convert
+    assert weights.convert_state_dict(read['training'], net)
+
+
+def test_a_pth_whose_pickle_would_run_a_command_is_read_without_running_it(tmp_path):
+    torch = pytest.importorskip('torch')
+    marker = tmp_path / 'ran'
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f'touch {marker}',)
+
+    with_payload, only_payload = str(tmp_path / 'with_payload.pth'), str(tmp_path / 'payload.pth')
+    torch.save({'model': {'head.weight': torch.ones(2, 3)}, 'extra': Payload()}, with_payload)
+    torch.save(Payload(), only_payload)
+    assert weights.load_pth(with_payload).keys() == {'head.weight'}
+    with pytest.raises(weights.ConversionError, match='no state_dict'):
+        weights.load_pth(only_payload)
+    torch.save({'model': {'head.weight': Payload()}}, only_payload)
+    with pytest.raises(weights.ConversionError, match=r"'head.weight' is a \S*\.system object, not a tensor"):
+        weights.load_pth(only_payload)
+    assert not marker.exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_error(tmp_path):
+    pytest.importorskip('torch')
+    path = tmp_path / 'notes.pth'
+    path.write_text('not a checkpoint')
+    with pytest.raises(weights.ConversionError, match=f'cannot read {path} as a PyTorch checkpoint'):
+        weights.load_pth(str(path))

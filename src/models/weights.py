@@ -108,17 +108,43 @@ def load_checkpoint_strict(net, path_or_dict, skip_prefixes=(), optional_prefixe
 
 
 # ----------------------------------------------------------------------------- official .pth files
+class OpaqueObject(dict):
+    """What a .pth reader makes of a pickled object of any class but tensors and plain containers (a
+    training script's config object, its optimizer's or scheduler's classes, or code a malicious file
+    would run): nothing is imported or constructed; the arguments and state the file gives it are kept
+    as data, under the name of the class it stands for."""
+    pickled_as = '?'
+
+    def __init__(self, *args, **kwargs):  # pickle's REDUCE and NEWOBJ pass whatever the file holds
+        super().__init__()
+        self.__dict__['args'] = args
+
+    def __setstate__(self, state):  # BUILD
+        self.__dict__['state'] = state
+
+    def append(self, item):  # APPEND(S), for a pickled list subclass
+        self.__dict__.setdefault('items', []).append(item)
+
+    def extend(self, items):
+        self.__dict__.setdefault('items', []).extend(items)
+
+    def __repr__(self):
+        return f'<{self.pickled_as}, not constructed>'
+
+
 def extract_state_dict(obj):
     """The state_dict inside a loaded .pth object, with any 'module.' prefix removed."""
     if isinstance(obj, dict):
         for key in ('model', 'state_dict'):
-            if key in obj and isinstance(obj[key], dict):
+            if key in obj and isinstance(obj[key], dict) and not isinstance(obj[key], OpaqueObject):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj:
+    if not isinstance(obj, dict) or isinstance(obj, OpaqueObject) or not obj:
         raise ConversionError('no state_dict found: expected a state_dict, {"model": ...} or {"state_dict": ...}')
     out = {}
     for key, value in obj.items():
+        if isinstance(value, OpaqueObject):
+            raise ConversionError(f'the state_dict entry {key!r} is a {value.pickled_as} object, not a tensor')
         name = key[len('module.'):] if key.startswith('module.') else key
         out[name] = _to_numpy(value)
     return out
@@ -131,21 +157,48 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-def load_pth(path, trust_pickle=False):
-    """Read a .pth file into {name: ndarray}. Needs torch."""
+# The globals a .pth file of tensors needs (torch's own loader resolves the storage classes first).
+_PTH_GLOBALS = {('collections', 'OrderedDict'), ('torch._utils', '_rebuild_tensor_v2'),
+                ('torch._utils', '_rebuild_tensor'), ('torch._utils', '_rebuild_parameter'),
+                ('torch._utils', '_rebuild_parameter_with_state'), ('torch', 'Size'), ('torch', 'device')}
+
+
+def _tensors_only_pickle_module():
+    """A pickle module for torch.load whose unpickler constructs tensors and plain containers only:
+    every other global is an OpaqueObject subclass named after it (see OpaqueObject)."""
+    import pickle
+    import types
+
+    import torch
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _PTH_GLOBALS or (module == 'torch' and isinstance(getattr(torch, name, None),
+                                                                                    torch.dtype)):
+                return super().find_class(module, name)
+            return type(name, (OpaqueObject,), {'pickled_as': f'{module}.{name}'})
+
+    tensors_only = types.ModuleType('acmix_tensors_only_pickle')
+    tensors_only.Unpickler = Unpickler
+    tensors_only.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()  # torch's legacy format
+    return tensors_only
+
+
+def load_pth(path):
+    """Read a .pth file into {name: ndarray}. Needs torch. Tensors and plain containers are read;
+    anything else the file holds (a training checkpoint's config object, say) is an OpaqueObject,
+    never constructed, so no code the file names is run."""
     try:
         import torch
     except ImportError as err:
         raise ConversionError('reading a .pth file needs PyTorch: pip install torch==2.13.0') from err
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
+        obj = torch.load(path, map_location='cpu', weights_only=False, pickle_module=_tensors_only_pickle_module())
     except FileNotFoundError as err:
         raise ConversionError(f'no such file: {path}') from err
-    except Exception as err:  # torch raises UnpicklingError/RuntimeError for arbitrary pickles
-        if trust_pickle:
-            raise
-        raise ConversionError(f'{path} holds more than tensors ({type(err).__name__}: {str(err)[:200]}); if you '
-                              'trust the file, rerun with --trust_pickle') from err
+    except Exception as err:  # a file torch cannot read: not a checkpoint, truncated
+        raise ConversionError(f'cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: '
+                              f'{str(err)[:200]})') from err
     return extract_state_dict(obj)
 
 

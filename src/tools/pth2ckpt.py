@@ -2,8 +2,10 @@
 
     python -m src.tools.pth2ckpt --arch acmix_swin_tiny --pth acmix_swin_tiny.pth --ckpt acmix_swin_tiny.ckpt
 
-Accepts a raw state_dict, {'model': state_dict} (the released Swin-ACmix files) and
-{'state_dict': state_dict} with 'module.' prefixes (the official ResNet training script).
+Accepts a raw state_dict, {'model': state_dict} (the released Swin-ACmix files), {'state_dict':
+state_dict} with 'module.' prefixes (the official ResNet training script) and the official Swin training
+script's full checkpoint (model, optimizer, scheduler, config object). Only tensors and plain containers
+are constructed from the file: any other object it holds is read as opaque data, so no code is run.
 Every network parameter must be matched by exactly one key of the right shape; otherwise the
 conversion stops, listing the offending keys, and nothing is written. torch is needed only here,
 to read the .pth file (pip install torch==2.13.0).
@@ -51,13 +53,11 @@ def main(argv=None):
     parser.add_argument('--pth', required=True, help='input PyTorch checkpoint')
     parser.add_argument('--ckpt', required=True, help='output MindSpore checkpoint')
     parser.add_argument('--num_classes', type=int, default=None, help='default: read from the head')
-    parser.add_argument('--trust_pickle', action='store_true',
-                        help='allow .pth files that hold arbitrary pickled objects (only for files you trust)')
     args = parser.parse_args(argv)
     progress = Progress('convert', 'of 3 steps')
     try:
         progress.update(0, 3, f'reading {args.pth}')
-        state_dict = load_pth(args.pth, args.trust_pickle)
+        state_dict = load_pth(args.pth)
         convert(args.arch, state_dict, args.ckpt, args.num_classes, progress=progress)
     except (ConversionError, OutputWriteError) as err:
         raise type(err)(f'{err}\nnothing was written.') from None
