@@ -5,8 +5,9 @@
 # official references, config, errors, the mini models); CI runs everything.
 # PYTHON=/path/to/python uses that interpreter when it already has mindspore; otherwise .venv is
 # created. Installed into .venv for the tests: torch (the parity tests against the official
-# formulation) and torchvision (the official evaluation input; set ACMIX_TEST_TORCH=0 to skip both,
-# and those tests are reported as skipped), and mindcv (the benchmark's comparison with its Swin-T).
+# formulation), torchvision (the official evaluation input), timm 0.3.2 (the official Swin lr
+# scheduler) and mindcv (the benchmark's comparison with its Swin-T). ACMIX_TEST_TORCH=0 skips the
+# first three, and the tests that need them are reported as skipped.
 # The tests run in ACMIX_TEST_WORKERS processes (pytest-xdist; default: one per CPU, at most one
 # per 8 GB of memory), or as -n asks; in one process when that is 1 or pytest-xdist is missing.
 # First `ruff check` (pyproject.toml) over the whole tree: a violation fails the run before any test.
@@ -15,7 +16,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 acmix_python
 if [ "${ACMIX_TEST_TORCH:-1}" = 1 ]; then
-    acmix_optional torch==2.13.0 torchvision==0.28.0
+    acmix_optional torch==2.13.0 torchvision==0.28.0 timm==0.3.2
 fi
 acmix_optional matplotlib ruff==0.17.6 pytest-xdist==3.8.0
 acmix_optional mindcv==0.3.0 tqdm  # apart: a failure here leaves the lint and plots installed

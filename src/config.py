@@ -46,6 +46,9 @@ SCHEMA = {
     'cutmix': (0.0, 'cutmix alpha (0 = off)'),
     'mixup_switch_prob': (0.5, 'when both are on: probability of cutmix for a batch'),
     'label_smoothing': (0.1, 'label smoothing'),
+    'label_smoothing_over': ('all', "all: timm's, label_smoothing / num_classes on every class (official Swin) "
+                                    "| others: 1 - label_smoothing on the label, label_smoothing / "
+                                    "(num_classes - 1) on each other class (official ResNet)"),
     # optimisation
     'optimizer': ('sgd', 'sgd (momentum) | adamw'),
     'lr': (0.1, 'base learning rate for lr_base_batch images; scaled linearly with the global batch'),
@@ -55,8 +58,12 @@ SCHEMA = {
     'no_decay_1d': (False, 'no weight decay on biases, norms, rates (1-D) and relative-position tables'),
     'epochs': (90, 'training epochs'),
     'warmup_epochs': (5, 'linear warm-up epochs'),
-    'warmup_lr': (0.0, 'learning rate at the start of warm-up'),
-    'min_lr': (0.0, 'final learning rate of the cosine schedule'),
+    'lr_schedule': ('timm_cosine', 'per-step lr: timm_cosine (official Swin: timm 0.3.2 CosineLRScheduler, '
+                                   'linear warm-up from warmup_lr, cosine to min_lr counted from step 0) | '
+                                   'resnet_cosine (official ResNet: warm-up from lr / 4, cosine to 0 from the '
+                                   'end of the warm-up; warmup_lr and min_lr unused)'),
+    'warmup_lr': (0.0, 'timm_cosine: learning rate at the start of warm-up, for lr_base_batch images like lr'),
+    'min_lr': (0.0, 'timm_cosine: final learning rate, for lr_base_batch images like lr'),
     'clip_grad': (None, 'clip gradients to this global norm; null = off'),
     'accumulation_steps': (1, 'micro-batches of batch_size per optimizer update (gradients averaged): the '
                               'global batch is batch_size x devices x accumulation_steps, which the lr '
@@ -107,6 +114,8 @@ CHOICES = {
     'interpolation': ('bilinear', 'bicubic'),
     'bad_images': ('stop', 'skip'),
     'eval_pipeline': ('official', 'fast'),
+    'label_smoothing_over': ('all', 'others'),
+    'lr_schedule': ('timm_cosine', 'resnet_cosine'),
     'optimizer': ('sgd', 'adamw'),
     'device_target': ('CPU', 'GPU', 'Ascend'),
     'mode': ('graph', 'pynative'),

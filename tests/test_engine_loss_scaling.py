@@ -30,7 +30,8 @@ def test_clip_by_global_norm_matches_numpy(clip_norm):
     grads = [np.asarray(rng.normal(size=shape), np.float32) for shape in ((3, 4), (5,), (2, 2, 3), ())]
     global_norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
     assert 0.5 < global_norm < 100.0  # one case clips, the other leaves the gradients as they are
-    expected = [g * clip_norm / max(global_norm, clip_norm) for g in grads]
+    # torch.nn.utils.clip_grad_norm_ (the official Swin recipe's): min(1, max_norm / (norm + 1e-6))
+    expected = [g * min(1.0, clip_norm / (global_norm + 1e-6)) for g in grads]
 
     @ms.jit
     def clip(tensors):
@@ -39,6 +40,8 @@ def test_clip_by_global_norm_matches_numpy(clip_norm):
     for g, e in zip(got, expected):
         assert g.shape == e.shape and g.dtype == ms.float32
         np.testing.assert_allclose(g.asnumpy(), e, rtol=1e-6, atol=1e-7)
+        if clip_norm > global_norm:  # not clipped: the gradients as they were, bit for bit
+            np.testing.assert_array_equal(g.asnumpy(), e)
 
 
 def test_clip_by_global_norm_of_float16_gradients_sums_in_float32():

@@ -11,7 +11,6 @@ from conftest import tiny_config
 from src.data.imagefolder import DataError, build_dataset
 from src.engine.checkpoint import load_training_checkpoint
 from src.engine.evaluate import evaluate
-from src.engine.optim import warmup_cosine_lr
 from src.engine.trainer import train
 from src.models import build_model
 
@@ -19,12 +18,6 @@ from src.models import build_model
 def test_eta_format():
     from src.engine.trainer import format_duration
     assert format_duration(3725) == '1:02:05' and format_duration(2 * 86400 + 3 * 3600 + 4 * 60 + 5) == '2d 03:04:05'
-
-
-def test_warmup_cosine_schedule():
-    lrs = warmup_cosine_lr(1.0, steps_per_epoch=10, epochs=5, warmup_epochs=1, warmup_lr=0.0, min_lr=0.1)
-    assert len(lrs) == 50 and lrs[0] == 0.0 and np.isclose(lrs[10], 1.0)
-    assert np.all(np.diff(lrs[:11]) > 0) and np.all(np.diff(lrs[10:]) < 0) and lrs[-1] >= 0.1
 
 
 def test_training_lowers_the_loss_and_writes_outputs(tiny_imagefolder, tmp_path):

@@ -121,7 +121,7 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
     data = data.map(transforms, input_columns='image', num_parallel_workers=cfg.num_workers)
     if training:
         mix = MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_switch_prob, cfg.label_smoothing,
-                          seed=None if seed is None else seed + 7919 * rank)
+                          seed=None if seed is None else seed + 7919 * rank, smoothing_over=cfg.label_smoothing_over)
 
         def per_batch(images, labels, _info):
             return mix(np.stack(images), np.stack(labels))

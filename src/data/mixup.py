@@ -3,10 +3,13 @@ one lambda per batch, the batch mixed with its reverse, cutmix lambda corrected 
 import numpy as np
 
 
-def smooth_one_hot(labels, num_classes, smoothing):
-    off = smoothing / num_classes
+def smooth_one_hot(labels, num_classes, smoothing, over='all'):
+    """Label-smoothed one-hot targets. over='all' (timm's, the official Swin recipe): smoothing /
+    num_classes on every class, 1 - smoothing + that on the label; over='others' (the official ResNet
+    recipe's smooth_loss): 1 - smoothing on the label, smoothing / (num_classes - 1) on each other class."""
+    off = smoothing / num_classes if over == 'all' else smoothing / (num_classes - 1)
     out = np.full((len(labels), num_classes), off, np.float32)
-    out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
+    out[np.arange(len(labels)), labels] = 1.0 - smoothing + off if over == 'all' else 1.0 - smoothing
     return out
 
 
@@ -18,8 +21,9 @@ class MixupCutmix:
     lambda. With both alphas 0 it only builds the smoothed targets.
     """
 
-    def __init__(self, num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, smoothing=0.1, seed=None):
-        self.num_classes = num_classes
+    def __init__(self, num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, smoothing=0.1, seed=None,
+                 smoothing_over='all'):
+        self.num_classes, self.smoothing_over = num_classes, smoothing_over
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.switch_prob, self.smoothing = switch_prob, smoothing
         self.rng = np.random.default_rng(seed)
@@ -35,7 +39,7 @@ class MixupCutmix:
     def __call__(self, images, labels):
         images = np.asarray(images, np.float32)
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
-        targets = smooth_one_hot(labels, self.num_classes, self.smoothing)
+        targets = smooth_one_hot(labels, self.num_classes, self.smoothing, self.smoothing_over)
         use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
         if not (use_mixup or use_cutmix):
             return images, targets

@@ -1,8 +1,9 @@
-"""Learning-rate schedule and optimizer factories."""
+"""Learning-rate schedules and optimizers of the official recipes, and their factories."""
 import math
 
+import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 
 def scaled_lr(base_lr, global_batch, lr_base_batch):
@@ -10,19 +11,53 @@ def scaled_lr(base_lr, global_batch, lr_base_batch):
     return base_lr * global_batch / lr_base_batch
 
 
-def warmup_cosine_lr(peak_lr, steps_per_epoch, epochs, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0):
-    """Per-step learning rates (float32 array of epochs * steps_per_epoch): linear warm-up from
-    warmup_lr to peak_lr, then a cosine decay to min_lr; updated every step."""
-    total = epochs * steps_per_epoch
+def timm_cosine_lr(peak_lr, steps_per_epoch, epochs, warmup_epochs=0, warmup_lr=0.0, min_lr=0.0):
+    """Per-step learning rates (float32 array of epochs * steps_per_epoch) of the official Swin recipe:
+    timm 0.3.2's CosineLRScheduler(t_initial=T, lr_min=min_lr, warmup_lr_init=warmup_lr, warmup_t=W,
+    cycle_limit=1, t_in_epochs=False) with T and W the int() of epochs and warm-up epochs in steps.
+    Its value at t is warmup_lr + t (peak_lr - warmup_lr) / W during the warm-up, then
+    min_lr + (peak_lr - min_lr) (1 + cos(pi t / T)) / 2 with t counted from step 0, not from the end of
+    the warm-up (warmup_prefix=False). The scheduler starts at warmup_lr and the official loop calls
+    step_update(t) after the update of step t: step 0 runs at warmup_lr and step t > 0 at the value of
+    t - 1."""
+    total = int(epochs * steps_per_epoch)
     warmup = int(warmup_epochs * steps_per_epoch)
-    lrs = np.empty(total, np.float64)
-    for step in range(total):
-        if step < warmup:
-            lrs[step] = warmup_lr + (peak_lr - warmup_lr) * step / warmup
-        else:
-            progress = (step - warmup) / max(1, total - warmup)
-            lrs[step] = min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    return lrs.astype(np.float32)
+
+    def value(t):
+        if t < warmup:
+            return warmup_lr + t * ((peak_lr - warmup_lr) / warmup)
+        return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * t / total))
+
+    first = warmup_lr if warmup else peak_lr  # timm sets warmup_lr_init only when there is a warm-up
+    return np.array([first] + [value(t - 1) for t in range(1, total)], np.float32)
+
+
+def resnet_cosine_lr(peak_lr, steps_per_epoch, epochs, warmup_epochs=5):
+    """Per-step learning rates of the official ACmix ResNet recipe (ResNet/main.py,
+    adjust_learning_rate_iter_warmup with the cosine schedule), set before each step: during the
+    warm-up peak_lr / 4 + 3/4 peak_lr (1 + t) / (W L), then peak_lr (1 + cos(pi (t - W L) / ((E - W) L))) / 2,
+    t the step, L the steps per epoch, W and E the warm-up and total epochs."""
+    total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    lrs = [peak_lr / 4 + 3 * peak_lr / 4 * float(1 + t) / warmup if t < warmup else
+           0.5 * peak_lr * (1 + math.cos(math.pi * float(t - warmup) / float(total - warmup)))
+           for t in range(total)]
+    return np.array(lrs, np.float32)
+
+
+LR_SCHEDULES = ('timm_cosine', 'resnet_cosine')
+
+
+def build_lr_schedule(cfg, global_batch, steps_per_epoch):
+    """The per-step learning rates of cfg.lr_schedule. lr, warmup_lr and min_lr are given for
+    lr_base_batch images and scaled linearly with the global batch, as the official Swin code scales
+    all three."""
+    scale = global_batch / cfg.lr_base_batch
+    if cfg.lr_schedule == 'timm_cosine':
+        return timm_cosine_lr(cfg.lr * scale, steps_per_epoch, cfg.epochs, cfg.warmup_epochs,
+                              cfg.warmup_lr * scale, cfg.min_lr * scale)
+    if cfg.lr_schedule == 'resnet_cosine':
+        return resnet_cosine_lr(cfg.lr * scale, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+    raise ValueError(f'lr_schedule must be one of {", ".join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}')
 
 
 def split_decay_params(net, no_decay_1d):
@@ -37,12 +72,65 @@ def split_decay_params(net, no_decay_1d):
     return decay, no_decay
 
 
-def build_optimizer(net, name, lrs, weight_decay, momentum=0.9, no_decay_1d=False):
-    """SGD with momentum or AdamW over `net`'s trainable parameters with the per-step lrs.
+_adamw_update = ops.MultitypeFuncGraph('adamw_update')
 
-    AdamW is nn.AdamWeightDecay (decoupled weight decay, like torch's AdamW, but without Adam's
-    bias correction; under a warm-up the difference fades within the first epochs).
-    """
+
+@_adamw_update.register('Tensor', 'Tensor', 'Tensor', 'Tensor', 'Tensor', 'Tensor', 'Tensor', 'Tensor', 'Tensor',
+                        'Tensor', 'Tensor', 'Bool')
+def _adamw_update_one(beta1, beta2, eps, bias_correction1, bias_correction2_sqrt, lr, weight_decay, param, m, v,
+                      gradient, decay):
+    """torch.optim.AdamW's update of one parameter, in float32."""
+    param32, gradient = param.astype(ms.float32), gradient.astype(ms.float32)
+    if decay:
+        param32 = param32 * (1.0 - lr * weight_decay)
+    next_m = beta1 * m + (1.0 - beta1) * gradient
+    next_v = beta2 * v + (1.0 - beta2) * ops.square(gradient)
+    denominator = ops.sqrt(next_v) / bias_correction2_sqrt + eps
+    param32 = param32 - (lr / bias_correction1) * ops.div(next_m, denominator)
+    ops.assign(m, next_m)
+    ops.assign(v, next_v)
+    return ops.assign(param, param32.astype(param.dtype))
+
+
+class AdamW(nn.Optimizer):
+    """AdamW as torch.optim.AdamW computes it (the official Swin optimizer): decoupled weight decay
+    param *= 1 - lr * wd, then Adam with bias correction, param -= lr / (1 - beta1^t) * m /
+    (sqrt(v) / sqrt(1 - beta2^t) + eps), t the number of updates so far (this one included). MindSpore's
+    nn.AdamWeightDecay has no bias correction: its early updates are larger, by 3.2x at the first.
+    The moments are named as nn.AdamWeightDecay's (adam_m., adam_v.) and t is the optimizer's
+    global_step, so a training checkpoint of either resumes into the other."""
+
+    def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(learning_rate, params, weight_decay)
+        self.beta1, self.beta2 = Tensor(beta1, ms.float32), Tensor(beta2, ms.float32)
+        self.eps = Tensor(eps, ms.float32)
+        # beta^t as exp(t log beta): the graph needs no power of a tensor exponent
+        self.log_beta1, self.log_beta2 = Tensor(math.log(beta1), ms.float32), Tensor(math.log(beta2), ms.float32)
+        self.moments1 = self._parameters.clone(prefix='adam_m', init='zeros')
+        self.moments2 = self._parameters.clone(prefix='adam_v', init='zeros')
+        # per parameter: groups give each its group's decay; else one value for all (decay_flags, as
+        # nn.Optimizer sets them without groups, leave out the parameters named beta and gamma)
+        self.decays = None if self.is_group else (Tensor(weight_decay, ms.float32),) * len(self._parameters)
+
+    def construct(self, gradients):
+        weight_decay = self.get_weight_decay()
+        lr = self.get_lr()
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        t = self.global_step.astype(ms.float32)
+        bias_correction1 = 1.0 - ops.exp(t * self.log_beta1)
+        bias_correction2_sqrt = ops.sqrt(1.0 - ops.exp(t * self.log_beta2))
+        update = ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_correction1, bias_correction2_sqrt)
+        if not self.is_group_lr:
+            lr = (lr,) * len(self._parameters)
+        if not self.is_group:
+            weight_decay = self.decays
+        return self.hyper_map(update, lr, weight_decay, self._parameters, self.moments1, self.moments2, gradients,
+                              self.decay_flags)
+
+
+def build_optimizer(net, name, lrs, weight_decay, momentum=0.9, no_decay_1d=False):
+    """SGD with momentum (torch.optim.SGD's semantics: weight decay added to the gradient before the
+    momentum) or AdamW (torch's, see AdamW) over `net`'s trainable parameters with the per-step lrs."""
     decay, no_decay = split_decay_params(net, no_decay_1d)
     groups = [{'params': decay, 'weight_decay': weight_decay}]
     if no_decay:
@@ -52,5 +140,5 @@ def build_optimizer(net, name, lrs, weight_decay, momentum=0.9, no_decay_1d=Fals
     if name == 'sgd':
         return nn.Momentum(groups, learning_rate=lr, momentum=momentum)
     if name == 'adamw':
-        return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8)
+        return AdamW(groups, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")

@@ -42,13 +42,13 @@ def _ema_update_fn(decay, average, weight):
 
 
 def clip_by_global_norm(grads, clip_norm):
-    """Scale all of `grads` by clip_norm / max(global_norm, clip_norm), the global norm taken over
-    all of them together: the semantics of ops.clip_by_global_norm, which 2.10 deprecates. Squares
+    """Scale all of `grads` by min(1, clip_norm / (global_norm + 1e-6)), the global norm taken over
+    all of them together: torch.nn.utils.clip_grad_norm_, which the official Swin recipe calls. Squares
     are summed in float32, so float16 gradients cannot overflow the norm. Mapped over the gradients
     with HyperMap: a Python loop over them would be unrolled into the graph node by node, and costs
     seconds of compilation per hundred parameters."""
     global_norm = ops.sqrt(ops.addn(_hyper_map(_square_sum, grads)))
-    factor = clip_norm / ops.maximum(global_norm, clip_norm)
+    factor = clip_norm / ops.maximum(global_norm + 1e-6, clip_norm)  # exactly 1.0 when not clipped
     return _hyper_map(ops.partial(_scale, factor), grads)
 
 

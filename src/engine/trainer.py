@@ -26,7 +26,7 @@ from ..fileio import LogFileHandler, OutputWriteError, check_writable, make_dirs
 from ..models import build_model
 from .checkpoint import load_ema_weights, load_training_checkpoint, read_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
-from .optim import build_optimizer, scaled_lr, warmup_cosine_lr
+from .optim import build_lr_schedule, build_optimizer, scaled_lr
 from .preemption import StopRequest, TrainingStopped
 from .resume import (
     ResumeError,
@@ -209,8 +209,7 @@ class TrainingRun:
                             f'{self.accumulation}')
         self.global_batch = cfg.batch_size * group_size * self.accumulation
         self.peak_lr = scaled_lr(cfg.lr, self.global_batch, cfg.lr_base_batch)
-        self.lrs = warmup_cosine_lr(self.peak_lr, self.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr,
-                                    cfg.min_lr)
+        self.lrs = build_lr_schedule(cfg, self.global_batch, self.steps_per_epoch)
 
         self.net = build_model(cfg)
         self.n_params = sum(p.size for p in self.net.trainable_params())
