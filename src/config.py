@@ -37,11 +37,16 @@ SCHEMA = {
     'eval_pipeline': ('official', "eval/predict input: official (PIL, the official torchvision pipeline's "
                                   "tensors bit for bit) | fast (MindSpore's C ops: faster, not the same "
                                   "tensors: no antialiasing)"),
+    'train_pipeline': ('official', "training augmentation: official (PIL, the official timm / torchvision "
+                                   "ops with per-sample seeds) | fast (MindSpore's C ops: faster, not the "
+                                   "official augmentation: weaker RandAugment, zero-filled erasing, no "
+                                   "antialiasing)"),
     'scale_min': (0.08, 'RandomResizedCrop minimum area fraction'),
     'hflip': (0.5, 'horizontal flip probability'),
-    'rand_augment': (False, 'RandAugment (2 ops, magnitude rand_magnitude)'),
-    'rand_magnitude': (9, 'RandAugment magnitude (MindSpore applies it without noise)'),
-    'random_erasing': (0.0, 'RandomErasing probability'),
+    'rand_augment': (False, "RandAugment: timm's rand-m{rand_magnitude}-mstd{rand_magnitude_std}-inc1 (2 ops)"),
+    'rand_magnitude': (9, 'RandAugment magnitude, 0-10 (fast: MindSpore reads it as bin 9 of 31)'),
+    'rand_magnitude_std': (0.5, 'RandAugment magnitude noise, a standard deviation (fast: none)'),
+    'random_erasing': (0.0, "RandomErasing probability (official: timm's 'pixel' mode, per-pixel N(0, 1))"),
     'mixup': (0.0, 'mixup alpha (0 = off)'),
     'cutmix': (0.0, 'cutmix alpha (0 = off)'),
     'mixup_switch_prob': (0.5, 'when both are on: probability of cutmix for a batch'),
@@ -114,6 +119,7 @@ CHOICES = {
     'interpolation': ('bilinear', 'bicubic'),
     'bad_images': ('stop', 'skip'),
     'eval_pipeline': ('official', 'fast'),
+    'train_pipeline': ('official', 'fast'),
     'label_smoothing_over': ('all', 'others'),
     'lr_schedule': ('timm_cosine', 'resnet_cosine'),
     'optimizer': ('sgd', 'adamw'),

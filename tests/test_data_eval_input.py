@@ -6,11 +6,7 @@ modes ImageNet holds (grayscale, CMYK, palette, RGBA, progressive JPEG).
 
 The photograph is matplotlib's sample (installed with the test extras); scikit-learn's samples would
 need scikit-learn and SciPy installed for this one test.
-
-torchvision 0.28 installs beside the tests' torch 2.13 (CPU build) but its import stops at
-registering its C++ operators (`torch.library.register_fake` of torchvision::nms, built for another
-torch); its transforms are pure Python over PIL, so the reference imports it with that registration
-made a no-op for the duration of the import.
+torchvision is imported as official_code.py says.
 """
 import glob
 import os
@@ -18,6 +14,7 @@ import os
 import numpy as np
 import pytest
 
+import official_code
 from src.config import load_config
 from src.data.imagefolder import build_dataset
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
@@ -31,17 +28,8 @@ SIZES = [(500, 375), (375, 500), (500, 334), (500, 281), (200, 150), (256, 256),
 
 
 def _torchvision():
-    torch = pytest.importorskip('torch')
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision.transforms
-        from torchvision.datasets.folder import pil_loader
-    except ImportError:
-        pytest.skip('torchvision is not installed (run_tests.sh installs it with torch)')
-    finally:
-        torch.library.register_fake = register_fake
-    return torchvision.transforms, pil_loader
+    package = official_code.torchvision()
+    return package.transforms, package.datasets.folder.pil_loader
 
 
 @pytest.fixture(scope='module')

@@ -5,21 +5,16 @@ the official formulation, K steps on fixed batches (no augmentation) through our
 clipping and loss, and the same steps with torch.optim.AdamW / SGD, the official schedule and loss: the
 weights must agree to fp32 rounding after K steps, for both recipes.
 
-timm 0.3.2 (the version the official Swin code used) does not import beside torch 2.13 (its models
-need torch._six); its scheduler files need only torch, so they are loaded from the installed package
-on their own.
+timm 0.3.2 is the version the official Swin code used (imported as official_code.py says).
 """
-import importlib
-import importlib.util
 import math
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
 from mindspore import Tensor
 
+import official_code
 from src.config import load_config
 from src.data.mixup import smooth_one_hot
 from src.engine.optim import build_lr_schedule, build_optimizer, resnet_cosine_lr, timm_cosine_lr
@@ -30,15 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _timm_cosine_scheduler():
-    """timm 0.3.2's CosineLRScheduler, loaded from the installed files without timm/__init__.py."""
-    pytest.importorskip('torch')
-    spec = importlib.util.find_spec('timm')
-    if spec is None:
-        pytest.skip('timm is not installed (run_tests.sh installs timm 0.3.2 with torch)')
-    package = types.ModuleType('timm_scheduler_files')
-    package.__path__ = [os.path.join(os.path.dirname(spec.origin), 'scheduler')]
-    sys.modules.setdefault(package.__name__, package)
-    return importlib.import_module('timm_scheduler_files.cosine_lr').CosineLRScheduler
+    """timm 0.3.2's CosineLRScheduler."""
+    return official_code.timm_file('scheduler', 'cosine_lr').CosineLRScheduler
 
 
 def _official_swin_lrs(peak_lr, steps_per_epoch, epochs, warmup_epochs, warmup_lr, min_lr):

@@ -204,9 +204,9 @@ def test_data_benchmark_times_each_pipeline_on_generated_photos(tmp_path):
                            '--json', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads(out.read_text())
-    assert [r['pipeline'] for r in records] == ['official', 'fast', 'train']
+    assert [r['pipeline'] for r in records] == ['official', 'fast', 'train', 'train_fast']
     assert all(r['images'] == 6 and len(r['rounds']) == 2 and r['images_per_s'] > 0 for r in records)
-    assert 'official / fast: ' in proc.stdout
+    assert 'official / fast: ' in proc.stdout and 'train / train_fast: ' in proc.stdout
 
 
 def test_data_benchmark_needs_the_split_its_pipelines_read(tmp_path, capsys):

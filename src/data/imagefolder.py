@@ -1,6 +1,7 @@
 """ImageNet-layout datasets (`<root>/train/<class>/*`, `<root>/val/<class>/*`) with mindspore.dataset.
 
-The per-image transforms are in `transforms.py`; every pipeline reads grayscale, palette, RGBA (alpha
+The per-image transforms are in `transforms.py` (evaluation, and the fast training augmentation) and
+`augment.py` (the official training augmentation); every pipeline reads grayscale, palette, RGBA (alpha
 dropped) and CMYK images as RGB, as PIL's convert('RGB') does. Unreadable files (corrupt, truncated,
 not an image) stop the run with an error naming the file, or with `bad_images: skip` are left out
 (see `set_bad_image_policy`).
@@ -14,8 +15,9 @@ import numpy as np
 import mindspore.dataset as ds
 
 from ..errors import UserError
+from .augment import OfficialTrainInput
 from .mixup import MixupCutmix
-from .transforms import eval_transforms, train_transforms
+from .transforms import eval_transforms, fast_train_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPEG', '.JPG', '.PNG', '.BMP')
 
@@ -86,6 +88,34 @@ def count_images(split_dir):
     return sum(1 for _, _, files in os.walk(split_dir) for f in files if f.endswith(IMAGE_EXTENSIONS))
 
 
+class SampleSeeds:
+    """A random-access source of one uint32 seed per sample of a pipeline: for seed s and rank r the
+    same sequence every time (from OS entropy when s is None)."""
+
+    def __init__(self, count, seed=None, rank=0):
+        self.seeds = np.random.SeedSequence(None if seed is None else [seed, rank]).generate_state(count)
+
+    def __getitem__(self, index):
+        return (np.array(self.seeds[index]),)
+
+    def __len__(self):
+        return len(self.seeds)
+
+
+def augment(data, cfg, seed=None, rank=0):
+    """`data` (columns image: file bytes, label) with the training augmentation of cfg.train_pipeline
+    mapped over its images. official: each sample is augmented by its own generator, seeded from a
+    column of per-sample seeds zipped beside the images in order, so the augmentation of a seeded
+    pipeline does not depend on which worker thread runs which sample (the training checkpoints resume
+    to the same batches). fast: MindSpore's C ops, seeded by ds.config.set_seed."""
+    if cfg.train_pipeline == 'fast':
+        return data.map(fast_train_transforms(cfg), input_columns='image', num_parallel_workers=cfg.num_workers)
+    seeds = ds.GeneratorDataset(SampleSeeds(data.get_dataset_size(), seed, rank), column_names=['sample_seed'],
+                                shuffle=False)
+    return ds.zip((data, seeds)).map(OfficialTrainInput(cfg), input_columns=['image', 'sample_seed'],
+                                     output_columns=['image'], num_parallel_workers=cfg.num_workers)
+
+
 def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=None):
     """Batched dataset of (images float32 NCHW, labels).
 
@@ -117,8 +147,10 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
             raise DataError(f'{split_dir} has {total} images, fewer than the {group_size} ranks evaluating it')
         data = ds.ImageFolderDataset(split_dir, sampler=ds.SubsetSampler(list(range(rank, total, group_size))),
                                      **folder)
-    transforms = train_transforms(cfg) if training else eval_transforms(cfg)
-    data = data.map(transforms, input_columns='image', num_parallel_workers=cfg.num_workers)
+    if training:
+        data = augment(data, cfg, seed, rank)
+    else:
+        data = data.map(eval_transforms(cfg), input_columns='image', num_parallel_workers=cfg.num_workers)
     if training:
         mix = MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_switch_prob, cfg.label_smoothing,
                           seed=None if seed is None else seed + 7919 * rank, smoothing_over=cfg.label_smoothing_over)

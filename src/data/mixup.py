@@ -16,36 +16,46 @@ def smooth_one_hot(labels, num_classes, smoothing, over='all'):
 class MixupCutmix:
     """Callable(images NCHW float32, labels int) -> (images, soft targets float32 (N, classes)).
 
-    mixup_alpha / cutmix_alpha: Beta parameters (0 = off). With both on, cutmix is chosen with
-    probability switch_prob per batch. Targets are label-smoothed one-hots, mixed with the same
-    lambda. With both alphas 0 it only builds the smoothed targets.
+    timm's Mixup in 'batch' mode with correct_lam: with probability mix_prob the batch is mixed with
+    its reverse; mixup_alpha / cutmix_alpha are the Beta parameters (0 = off); with both on, cutmix is
+    chosen with probability switch_prob; cutmix's lambda is corrected to the area of its box (clipped
+    at the border). Targets are label-smoothed one-hots, mixed with the same lambda. With both alphas 0
+    it only builds the smoothed targets. The draws are NumPy's legacy generator's, in timm's order, so
+    a MixupCutmix seeded with s mixes as timm's Mixup after np.random.seed(s) (tests/test_data_augment.py).
     """
 
     def __init__(self, num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, smoothing=0.1, seed=None,
-                 smoothing_over='all'):
+                 smoothing_over='all', mix_prob=1.0):
         self.num_classes, self.smoothing_over = num_classes, smoothing_over
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-        self.switch_prob, self.smoothing = switch_prob, smoothing
-        self.rng = np.random.default_rng(seed)
+        self.switch_prob, self.smoothing, self.mix_prob = switch_prob, smoothing, mix_prob
+        self.rng = np.random.RandomState(seed)
 
     def _cutmix_box(self, h, w, lam):
+        """(y0, y1, x0, x1): a box of sqrt(1 - lam) of each side, centred at a uniform pixel, clipped."""
         ratio = np.sqrt(1.0 - lam)
         ch, cw = int(h * ratio), int(w * ratio)
-        cy, cx = self.rng.integers(h), self.rng.integers(w)
+        cy, cx = self.rng.randint(0, h), self.rng.randint(0, w)
         y0, y1 = np.clip(cy - ch // 2, 0, h), np.clip(cy + ch // 2, 0, h)
         x0, x1 = np.clip(cx - cw // 2, 0, w), np.clip(cx + cw // 2, 0, w)
         return y0, y1, x0, x1
+
+    def _draw(self):
+        """(lam, cutmix?) of one batch; lam 1 leaves it unmixed."""
+        use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
+        if not (use_mixup or use_cutmix) or self.rng.rand() >= self.mix_prob:
+            return 1.0, False
+        cut = use_cutmix and (not use_mixup or self.rng.rand() < self.switch_prob)
+        alpha = self.cutmix_alpha if cut else self.mixup_alpha
+        return float(self.rng.beta(alpha, alpha)), cut
 
     def __call__(self, images, labels):
         images = np.asarray(images, np.float32)
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         targets = smooth_one_hot(labels, self.num_classes, self.smoothing, self.smoothing_over)
-        use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
-        if not (use_mixup or use_cutmix):
+        lam, cut = self._draw()
+        if lam == 1.0:
             return images, targets
-        cut = use_cutmix and (not use_mixup or self.rng.random() < self.switch_prob)
-        lam = float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha) if cut
-                    else self.rng.beta(self.mixup_alpha, self.mixup_alpha))
         flipped = images[::-1]
         if cut:
             h, w = images.shape[2], images.shape[3]

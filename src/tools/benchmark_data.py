@@ -1,7 +1,8 @@
 """Throughput of the input pipelines per data-loading worker: images/s of the evaluation pipelines
-(`eval_pipeline` official and fast) and of the training augmentation, on real photographs.
+(`eval_pipeline` official and fast) and of the training augmentation (`train_pipeline` official:
+train, fast: train_fast), on real photographs.
 
-    python -m src.tools.benchmark_data [--data_dir DIR] [--pipelines official fast train]
+    python -m src.tools.benchmark_data [--data_dir DIR] [--pipelines official fast train train_fast]
         [--config config/acmix_swin_tiny.yaml] [--image_size 224] [--workers 1] [--images 256]
         [--rounds 3] [--json out.json]
 
@@ -25,7 +26,7 @@ from src.errors import ArgumentParser, UserError
 from src.fileio import write_text
 from src.tools.cli import run_main
 
-PIPELINES = ('official', 'fast', 'train')
+PIPELINES = ('official', 'fast', 'train', 'train_fast')
 # (width, height) of the generated photos: the sizes most common in ImageNet's validation set
 PHOTO_SIZES = ((500, 375), (375, 500), (500, 333))
 
@@ -56,15 +57,16 @@ def build_pipeline(cfg, pipeline, workers, images):
     import mindspore.dataset as ds
 
     from src.config import Config
-    from src.data.transforms import eval_transforms, train_transforms
-    split = 'train' if pipeline == 'train' else 'val'
-    if pipeline == 'train':
-        transforms = train_transforms(cfg)
-    else:
-        transforms = eval_transforms(Config(cfg, eval_pipeline=pipeline))
-    data = ds.ImageFolderDataset(os.path.join(cfg.data_dir, split), shuffle=False, num_samples=images,
-                                 num_parallel_workers=1)
-    return data.map(transforms, input_columns='image', num_parallel_workers=workers).batch(32)
+    from src.data.imagefolder import augment
+    from src.data.transforms import eval_transforms
+    training = pipeline.startswith('train')
+    data = ds.ImageFolderDataset(os.path.join(cfg.data_dir, 'train' if training else 'val'), shuffle=False,
+                                 num_samples=images, num_parallel_workers=1)
+    if training:
+        cfg = Config(cfg, num_workers=workers, train_pipeline='fast' if pipeline == 'train_fast' else 'official')
+        return augment(data, cfg, seed=0).batch(32)
+    return data.map(eval_transforms(Config(cfg, eval_pipeline=pipeline)), input_columns='image',
+                    num_parallel_workers=workers).batch(32)
 
 
 def time_pipeline(data):
@@ -96,10 +98,10 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory(prefix='benchmark_data_') as tmp:
         if args.data_dir is None:
-            for split in {'train' if p == 'train' else 'val' for p in args.pipelines}:
+            for split in {'train' if p.startswith('train') else 'val' for p in args.pipelines}:
                 write_photo_folder(tmp, args.images, split=split)
         cfg.data_dir = args.data_dir or tmp
-        for split in {'train' if p == 'train' else 'val' for p in args.pipelines}:
+        for split in {'train' if p.startswith('train') else 'val' for p in args.pipelines}:
             if not os.path.isdir(os.path.join(cfg.data_dir, split)):
                 raise UserError(f'{cfg.data_dir} has no {split}/ folder (the {split} pipelines read it)')
         pipelines = {name: build_pipeline(cfg, name, args.workers, args.images) for name in args.pipelines}
@@ -122,8 +124,9 @@ def main(argv=None):
     for r in records:
         print(f'{r["pipeline"]:10} {r["workers"]:>7} {r["image_size"]:>5} {r["images_per_s"]:>9.1f}')
     speeds = {r['pipeline']: r['images_per_s'] for r in records}
-    if 'official' in speeds and 'fast' in speeds:
-        print(f'official / fast: {speeds["official"] / speeds["fast"]:.2f}')
+    for official, fast in (('official', 'fast'), ('train', 'train_fast')):
+        if official in speeds and fast in speeds:
+            print(f'{official} / {fast}: {speeds[official] / speeds[fast]:.2f}')
     if args.json:
         write_text(args.json, json.dumps(records, indent=2))
     return 0
