@@ -183,3 +183,33 @@ def test_the_resnet_recipe_trains_as_the_official_code():
         loss.backward()
         topt.step()
     _assert_same_weights(net, tmodel, rtol=1e-4, atol=2e-5)
+
+
+def test_a_training_checkpoint_of_the_earlier_adamw_resumes_into_torchs(tmp_path):
+    """Checkpoints written while AdamW was nn.AdamWeightDecay hold its moments (adam_m., adam_v.) and
+    step: they resume into the AdamW of the recipe, every moment and the step restored."""
+    from mindspore import nn
+
+    from src.engine.checkpoint import load_training_checkpoint, optimizer_state, save_training_checkpoint
+    from src.engine.optim import split_decay_params
+    from src.models import create_model
+    net = create_model('acmix_swin_mini', num_classes=5)
+    decay, no_decay = split_decay_params(net, True)
+    groups = [{'params': decay, 'weight_decay': 0.05}, {'params': no_decay, 'weight_decay': 0.0}]
+    earlier = nn.AdamWeightDecay(groups, learning_rate=Tensor(np.full(4, 1e-3, np.float32)))
+    rng = np.random.default_rng(0)
+    for p in optimizer_state(net, earlier):
+        if p.name == 'global_step':
+            p.set_data(Tensor(np.full(p.shape, 7, np.int32)))
+        else:
+            p.set_data(Tensor(rng.normal(size=p.shape).astype(np.float32)))
+    path = str(tmp_path / 'earlier.ckpt')
+    save_training_checkpoint(path, net, earlier, meta={'epoch': 1})
+    optimizer = build_optimizer(net, 'adamw', np.full(4, 1e-3, np.float32), 0.05, no_decay_1d=True)
+    assert load_training_checkpoint(path, net, optimizer)['epoch'] == 1
+    restored = {p.name: p.asnumpy() for p in optimizer_state(net, optimizer)}
+    saved = {p.name: p.asnumpy() for p in optimizer_state(net, earlier)}
+    assert sorted(restored) == sorted(saved) and any(name.startswith('adam_v.') for name in saved)
+    assert restored['global_step'].ravel().tolist() == [7]
+    for name, value in saved.items():
+        np.testing.assert_array_equal(restored[name], value, err_msg=name)
