@@ -14,6 +14,7 @@ import sys
 import src  # noqa: F401
 
 # isort: split
+from src.cli import run_main
 from src.config import ConfigError, config_from_args
 from src.data.imagefolder import build_dataset, count_images, readable_images, set_bad_image_policy
 from src.engine.context import setup_context
@@ -21,7 +22,6 @@ from src.engine.evaluate import evaluate
 from src.models import build_model
 from src.models.weights import load_weights
 from src.progress import Progress
-from src.tools.cli import run_main
 
 
 def main(argv=None):
@@ -34,7 +34,7 @@ def main(argv=None):
     net = load_weights(build_model(cfg), cfg.checkpoint, use_ema=cfg.use_ema)
     set_bad_image_policy(cfg.bad_images)
     val_dir = os.path.join(cfg.data_dir, 'val')
-    with readable_images():
+    with readable_images(data_dir=val_dir):
         result = evaluate(net, build_dataset(cfg, 'val', rank, group_size),
                           progress=Progress('eval', 'batches') if rank == 0 else None, jit_level=cfg.jit_level,
                           sum_over_ranks=group_size > 1)

@@ -22,13 +22,13 @@ import src  # noqa: F401
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from src.cli import run_main
 from src.config import ConfigError, config_from_args
 from src.engine.context import available_devices, setup_context
 from src.errors import UserError
 from src.fileio import atomic_write
 from src.models import build_model
 from src.models.weights import load_weights
-from src.tools.cli import run_main
 
 SUFFIX = {'MINDIR': '.mindir', 'ONNX': '.onnx', 'AIR': '.air'}
 

@@ -14,12 +14,12 @@ import sys
 import src  # noqa: F401  (environment defaults before MindSpore loads)
 
 # isort: split
+from src.cli import run_main
 from src.config import config_from_args, save_config
 from src.engine.context import setup_context
 from src.engine.preemption import TrainingStopped
 from src.engine.trainer import train
 from src.models.weights import CheckpointMismatchError, ConversionError, load_weights
-from src.tools.cli import run_main
 
 
 def pretrained_loader(cfg):

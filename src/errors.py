@@ -2,7 +2,7 @@
 
 Every error the user can fix by changing what they passed (a config key, a path, a checkpoint, the
 model name, the input size, a device this machine does not have, a recipe whose loss diverges)
-derives from `UserError`. The entry points catch it alone (`src.tools.cli.run_main`), print one
+derives from `UserError`. The entry points catch it alone (`src.cli.run_main`), print one
 `error: <message>` line and exit with code 2; a write the machine refuses is
 `src.fileio.OutputWriteError` (exit code 1). Anything else is a bug and shows its traceback.
 """

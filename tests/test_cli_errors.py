@@ -12,7 +12,7 @@ from conftest import ROOT, assert_bad_input, write_tiny_imagefolder
 
 def _run(main, argv, capsys, starts='error: '):
     """Runs an entry point on bad input: exit code 2 and one `error:` line."""
-    from src.tools.cli import run_main
+    from src.cli import run_main
     code = run_main(main, argv)
     err = capsys.readouterr().err
     assert_bad_input(code, err, starts)
@@ -149,8 +149,10 @@ def test_corrupt_images_skipped_and_counted(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ['--arch', 'resnet_mini', '--num_classes', '2', '--image_size', '32', '--data_dir', root,
             '--checkpoint', ckpt, '--eval_batch_size', '4', '--num_workers', '1']
-    code, err = _run(eval_script.main, argv, capsys)
-    assert code == 2 and 'cannot decode' in err
+    code, err = _run(eval_script.main, argv, capsys)  # the official input's PIL decoding fails, in a Python op
+    assert code == 2 and err.startswith('error: cannot decode ') and 'Traceback' not in err
+    assert err.split('cannot decode ')[1].split(' ')[0] in (os.path.join(root, 'val', 'class_0', 'truncated.png'),
+                                                            os.path.join(root, 'val', 'class_0', 'notes.jpg'))
     code = eval_script.main(argv + ['--bad_images', 'skip'])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and result['count'] == 6 and result['unreadable_skipped'] == 2
@@ -236,9 +238,9 @@ def test_every_bad_input_error_exits_2_and_a_refused_write_1(capsys):
     import export  # noqa: F401  (defines ExportError)
     import src.tools.pth2ckpt  # noqa: F401
     import src.tools.rank_table  # noqa: F401
+    from src.cli import run_main
     from src.errors import UserError
     from src.fileio import OutputWriteError
-    from src.tools.cli import run_main
 
     def subclasses(cls):
         return {cls} | {c for sub in cls.__subclasses__() for c in subclasses(sub)}

@@ -13,12 +13,12 @@ from mindspore import Tensor, nn
 
 import train as train_script
 from conftest import tiny_config
+from src.cli import run_main
 from src.config import ConfigError
 from src.engine.checkpoint import load_training_checkpoint
 from src.engine.train_step import clip_by_global_norm, make_train_step
 from src.engine.trainer import train
 from src.models import build_model
-from src.tools.cli import run_main
 
 # fp16 gradients of resnet_mini on the tiny set overflow at this scale, not at a few halvings below it.
 OVERFLOWING_SCALE = 2.0 ** 20

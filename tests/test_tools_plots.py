@@ -64,7 +64,7 @@ def test_missing_matplotlib_message(monkeypatch):
 
 
 def test_bad_input_is_one_error_line_and_exit_code_2(tmp_path, capsys):
-    from src.tools.cli import run_main
+    from src.cli import run_main
     empty = tmp_path / 'metrics.json'
     empty.write_text('[]')
     for argv, starts in ((['--metrics', str(tmp_path / 'none.json')], f'error: cannot read {tmp_path}/none.json'),

@@ -61,5 +61,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from ..tools.cli import run_main
+    from ..cli import run_main
     raise SystemExit(run_main(main))

@@ -8,6 +8,7 @@ not an image) stop the run with an error naming the file, or with `bad_images: s
 """
 import contextlib
 import glob
+import hashlib
 import os
 import re
 
@@ -45,24 +46,46 @@ def set_bad_image_policy(policy, distributed=False):
 
 
 @contextlib.contextmanager
-def readable_images(path=None):
+def readable_images(path=None, data_dir=None):
     """Around iteration over a pipeline (or the eager decoding of the one file `path`): an image
     that cannot be decoded becomes a DataError naming the file, and the copy MindSpore dumps into
-    the working directory is removed."""
+    the working directory is removed. MindSpore names the file when one of its C ops fails; when the
+    PIL decoding of a Python op fails, the file is found in `data_dir` by its size and SHA-1."""
     before = set(glob.glob(_DECODE_DUMPS))
     try:
         yield
     except (RuntimeError, OSError) as err:  # OSError: PIL's, when the one file `path` is decoded
-        found = _BAD_FILE.search(str(err))
-        if found is None and path is None:
+        found, undecodable = _BAD_FILE.search(str(err)), _UNDECODABLE.search(str(err))
+        if path is not None:
+            bad = path
+        elif found is not None:
+            bad = found.group(1)
+        elif undecodable is not None:
+            size, digest = int(undecodable.group(1)), undecodable.group(2)
+            bad = _file_with_content(data_dir, size, digest) or f'an image of {size} bytes (sha1 {digest})'
+        else:
             raise
-        bad = found.group(1) if found else path
         hint = '' if path else ', or set bad_images: skip to leave unreadable images out'
         raise DataError(f'cannot decode {bad} (corrupt, truncated or not an image); remove or replace '
                         f'it{hint}') from None
     finally:
         for dump in set(glob.glob(_DECODE_DUMPS)) - before:
             os.remove(dump)
+
+
+_UNDECODABLE = re.compile(r'undecodable image of (\d+) bytes, sha1 ([0-9a-f]{40})')
+
+
+def _file_with_content(folder, size, digest):
+    """The first image file under `folder` (None: none) of `size` bytes whose SHA-1 is `digest`."""
+    for root, _, files in os.walk(folder) if folder else ():
+        for name in sorted(files):
+            candidate = os.path.join(root, name)
+            if name.endswith(IMAGE_EXTENSIONS) and os.path.getsize(candidate) == size:
+                with open(candidate, 'rb') as f:
+                    if hashlib.sha1(f.read()).hexdigest() == digest:
+                        return candidate
+    return None
 
 
 def class_names(split_dir):
@@ -89,31 +112,29 @@ def count_images(split_dir):
 
 
 class SampleSeeds:
-    """A random-access source of one uint32 seed per sample of a pipeline: for seed s and rank r the
-    same sequence every time (from OS entropy when s is None)."""
+    """(image bytes) -> (the same bytes, this sample's uint32 seed): the seeds of a pipeline's samples in
+    order, drawn from a generator seeded by the pipeline's seed and rank (from OS entropy when the seed
+    is None). Mapped with one worker, so the n-th sample gets the n-th seed."""
 
-    def __init__(self, count, seed=None, rank=0):
-        self.seeds = np.random.SeedSequence(None if seed is None else [seed, rank]).generate_state(count)
+    def __init__(self, seed=None, rank=0):
+        self.rng = np.random.default_rng(None if seed is None else [seed, rank])
 
-    def __getitem__(self, index):
-        return (np.array(self.seeds[index]),)
-
-    def __len__(self):
-        return len(self.seeds)
+    def __call__(self, data):
+        return data, np.array(self.rng.integers(2 ** 32, dtype=np.uint32))
 
 
 def augment(data, cfg, seed=None, rank=0):
     """`data` (columns image: file bytes, label) with the training augmentation of cfg.train_pipeline
     mapped over its images. official: each sample is augmented by its own generator, seeded from a
-    column of per-sample seeds zipped beside the images in order, so the augmentation of a seeded
-    pipeline does not depend on which worker thread runs which sample (the training checkpoints resume
-    to the same batches). fast: MindSpore's C ops, seeded by ds.config.set_seed."""
+    column of per-sample seeds added in sample order, so the augmentation of a seeded pipeline does
+    not depend on which worker thread runs which sample (the training checkpoints resume to the same
+    batches). fast: MindSpore's C ops, seeded by ds.config.set_seed."""
     if cfg.train_pipeline == 'fast':
         return data.map(fast_train_transforms(cfg), input_columns='image', num_parallel_workers=cfg.num_workers)
-    seeds = ds.GeneratorDataset(SampleSeeds(data.get_dataset_size(), seed, rank), column_names=['sample_seed'],
-                                shuffle=False)
-    return ds.zip((data, seeds)).map(OfficialTrainInput(cfg), input_columns=['image', 'sample_seed'],
-                                     output_columns=['image'], num_parallel_workers=cfg.num_workers)
+    data = data.map(SampleSeeds(seed, rank), input_columns=['image'], output_columns=['image', 'sample_seed'],
+                    num_parallel_workers=1)
+    return data.map(OfficialTrainInput(cfg), input_columns=['image', 'sample_seed'], output_columns=['image'],
+                    num_parallel_workers=cfg.num_workers)
 
 
 def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=None):

@@ -265,7 +265,8 @@ class TrainingRun:
         self.run_start = time.time()
         # An undecodable image: an error naming the file. A refused write: an error naming the file and
         # the last complete checkpoint.
-        with readable_images(), StopRequest(self.group_size) as stop, self.last_saved.named_in_write_errors():
+        with readable_images(data_dir=cfg.data_dir), StopRequest(self.group_size) as stop, \
+                self.last_saved.named_in_write_errors():
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = self._train_epoch(epoch, stop)
                 is_last = epoch + 1 == cfg.epochs

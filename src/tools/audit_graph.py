@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..cli import run_main
 from ..errors import ArgumentParser
-from .cli import run_main
 
 ALLOWLIST = Path(__file__).resolve().with_name('graph_allowlist.yaml')
 TARGETS = ('Ascend', 'GPU')

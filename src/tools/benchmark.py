@@ -38,9 +38,9 @@ import sys
 import time
 from datetime import datetime
 
+from src.cli import run_main
 from src.errors import ArgumentParser, UserError
 from src.fileio import write_text
-from src.tools.cli import run_main
 
 RESULT_TAG = 'BENCHMARK_RESULT '
 KEYS = ('arch', 'mode', 'batch_size', 'image_size', 'compile_s', 'first_step_s', 'step_s', 'images_per_s',

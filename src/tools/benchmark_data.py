@@ -22,9 +22,9 @@ import sys
 import tempfile
 import time
 
+from src.cli import run_main
 from src.errors import ArgumentParser, UserError
 from src.fileio import write_text
-from src.tools.cli import run_main
 
 PIPELINES = ('official', 'fast', 'train', 'train_fast')
 # (width, height) of the generated photos: the sizes most common in ImageNet's validation set
@@ -106,7 +106,7 @@ def main(argv=None):
                 raise UserError(f'{cfg.data_dir} has no {split}/ folder (the {split} pipelines read it)')
         pipelines = {name: build_pipeline(cfg, name, args.workers, args.images) for name in args.pipelines}
         times, counts = {name: [] for name in pipelines}, {}
-        with readable_images():
+        with readable_images(data_dir=cfg.data_dir):
             for name, data in pipelines.items():
                 time_pipeline(data)  # untimed: page cache, workers started
             for round_index in range(args.rounds):

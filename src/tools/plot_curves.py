@@ -6,8 +6,8 @@ import json
 import os
 import sys
 
+from src.cli import run_main
 from src.errors import ArgumentParser, UserError
-from src.tools.cli import run_main
 from src.tools.plots import pyplot, save_figure
 
 

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 
+from src.cli import run_main
 from src.errors import ArgumentParser, UserError
 from src.models.weights import read_checkpoint
-from src.tools.cli import run_main
 from src.tools.plots import pyplot, save_figure
 
 

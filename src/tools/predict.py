@@ -94,5 +94,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from src.tools.cli import run_main
+    from src.cli import run_main
     sys.exit(run_main(main))

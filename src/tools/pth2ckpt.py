@@ -14,13 +14,13 @@ import sys
 
 import mindspore as ms
 
+from src.cli import run_main
 from src.engine.checkpoint import save_checkpoint_atomic
 from src.errors import ArgumentParser
 from src.fileio import OutputWriteError
 from src.models import create_model, list_models
 from src.models.weights import ConversionError, convert_state_dict, load_pth
 from src.progress import Progress
-from src.tools.cli import run_main
 
 
 def infer_num_classes(state_dict):

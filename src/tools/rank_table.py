@@ -16,8 +16,8 @@ import os
 import re
 import sys
 
+from ..cli import run_main
 from ..errors import ArgumentParser, UserError
-from .cli import run_main
 
 
 class RankTableError(UserError):

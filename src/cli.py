@@ -4,8 +4,8 @@ folder: `OutputWriteError`). Standard library only, so tools that run before Min
 import os
 import sys
 
-from ..errors import UserError
-from ..fileio import OutputWriteError
+from .errors import UserError
+from .fileio import OutputWriteError
 
 
 def run_main(main, argv=None):
