@@ -1,10 +1,14 @@
 """Mixed precision with dynamic loss scaling: overflowing steps are skipped, counted and reported,
-a run that only skips stops with an error, resume continues with the saved scale; and gradient
-clipping by global norm without the deprecated MindSpore call."""
+a run that only skips stops with an error, resume continues with the saved scale; gradient
+clipping by global norm without the deprecated MindSpore call; and the float32 islands of amp O2
+(attention softmax, LayerNorm, loss), as apex O1 keeps them in the official training."""
+import glob
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -19,6 +23,7 @@ from src.engine.checkpoint import load_training_checkpoint
 from src.engine.train_step import clip_by_global_norm, make_train_step
 from src.engine.trainer import train
 from src.models import build_model
+from src.tools import audit_graph
 
 # fp16 gradients of resnet_mini on the tiny set overflow at this scale, not at a few halvings below it.
 OVERFLOWING_SCALE = 2.0 ** 20
@@ -72,6 +77,80 @@ def _dense_sgd_update(clip_grad, loss_scale):
     return [b - p.asnumpy() for b, p in zip(before, net.trainable_params())]
 
 
+# A training step at amp O2 of both attention layers in both formulations, a LayerNorm and the
+# trainer's loss, run in a fresh process with MindSpore's IR dump on (the dump is set up before the
+# process compiles anything; MindSpore compiles only code it can read from a file).
+ISLANDS_WORKER = """
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from src.engine.context import use_device
+from src.engine.train_step import make_train_step
+from src.engine.trainer import SoftTargetCrossEntropy
+from src.layers import LocalAttentionACmix, WindowAttentionACmix, shifted_window_mask
+from src.layers.formulation import layer_norm
+
+class Net(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.local = nn.CellList([LocalAttentionACmix(8, 8, head=2, formulation=f) for f in ('portable', 'cpu')])
+        self.window = nn.CellList([WindowAttentionACmix(8, 4, 2, formulation=f) for f in ('portable', 'cpu')])
+        self.norm = nn.CellList([layer_norm(f, 8, 1e-5) for f in ('portable', 'cpu')])
+        self.head = nn.Dense(8, 3)
+        self.mask = Tensor(shifted_window_mask(8, 8, 4, 2))
+
+    def construct(self, x):
+        for local in self.local:
+            x = local(x)
+        x = ops.transpose(x, (0, 2, 3, 1))
+        for window, norm in zip(self.window, self.norm):
+            x = norm(window(x, self.mask))
+        return self.head(x.mean((1, 2)))
+
+ms.set_context(mode=ms.GRAPH_MODE)
+use_device('CPU')
+net = ms.amp.auto_mixed_precision(Net(), 'O2')
+opt = nn.SGD(net.trainable_params(), learning_rate=0.01)
+scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 10, scale_factor=2, scale_window=1000)
+step = make_train_step(net, SoftTargetCrossEntropy(), opt, scaler)
+x = Tensor(np.random.default_rng(0).normal(size=(2, 8, 8, 8)).astype(np.float32))
+loss, _, _ = step([(x, Tensor(np.eye(3, dtype=np.float32)[[0, 2]]))])
+assert np.isfinite(loss.asnumpy())
+"""
+
+
+def test_amp_o2_keeps_softmax_layer_norm_and_loss_in_float32(tmp_path):
+    """apex O1 (the official training's amp) runs matmuls in float16 and softmax, LayerNorm and the loss
+    in float32; at O2 the compiled training step has the same islands, in both formulations."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **audit_graph.DUMP_ENV, **{audit_graph.DUMP_PATH_ENV: str(tmp_path / 'ir')},
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    worker = tmp_path / 'islands_worker.py'
+    worker.write_text(ISLANDS_WORKER)
+    proc = subprocess.run([sys.executable, str(worker)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nodes = []
+    for path in glob.glob(str(tmp_path / 'ir' / '**' / '*_validate_*.ir'), recursive=True):
+        with open(path) as f:
+            nodes += audit_graph.parse_ir(f.read())
+
+    def dtypes(node):
+        return {d for d, _ in node.inputs + node.outputs}
+
+    def of(*names):
+        return [n for n in nodes if n.name in names]
+    # the step really is mixed precision: float16 matmuls
+    assert any(dtypes(n) == {'Float16'} for n in of('BatchMatMul', 'MatMul'))
+    softmax = of('Softmax')
+    assert len(softmax) == 4  # two local and two window attentions
+    islands = softmax + of('SoftmaxBackward', 'LayerNorm', 'LayerNormGrad', 'LogSoftmax', 'LogSoftmaxGrad')
+    # the CPU formulation's LayerNorm is a Custom op, float32 only: it runs only where its input is float32
+    assert of('LayerNorm') and of('Custom') and of('LogSoftmax') and of('SoftmaxBackward')
+    for node in islands + of('Custom'):
+        assert dtypes(node) == {'Float32'}, (node.name, node.inputs, node.outputs, node.source(root))
+
+
 @pytest.mark.parametrize('loss_scale', [None, 2.0 ** 10])
 def test_train_step_clips_the_unscaled_gradients(loss_scale):
     gradients = _dense_sgd_update(None, None)
@@ -118,19 +197,22 @@ def test_overflowing_steps_are_skipped_counted_and_training_recovers(overflowing
 
 def test_resume_continues_with_the_saved_loss_scale(overflowing_run, tiny_imagefolder, tmp_path):
     full_dir, full = overflowing_run
-    saved = load_training_checkpoint(str(full_dir / 'checkpoints' / 'epoch_002.ckpt'),
+    # epoch 3's checkpoint: its scale is below the first and its count of clean steps is not 0 (no step
+    # of epoch 3 overflows)
+    saved = load_training_checkpoint(str(full_dir / 'checkpoints' / 'epoch_003.ckpt'),
                                      build_model(tiny_config(tiny_imagefolder, tmp_path)))
-    assert saved['loss_scale'] == full[1]['loss_scale'] < OVERFLOWING_SCALE
+    assert saved['loss_scale'] == full[2]['loss_scale'] < OVERFLOWING_SCALE
     # The scaler's count of clean steps since the last overflow (it doubles the scale at 1000).
     assert saved['loss_scale_counter'] > 0
     os.makedirs(tmp_path / 'checkpoints')
-    shutil.copy(full_dir / 'checkpoints' / 'epoch_002.ckpt', tmp_path / 'checkpoints')
-    (tmp_path / 'metrics.json').write_text(json.dumps(full[:2]))
-    # Restarted from OVERFLOWING_SCALE, epoch 3 would skip steps again; from the saved scale it is the
-    # uninterrupted run's epoch 3.
+    shutil.copy(full_dir / 'checkpoints' / 'epoch_003.ckpt', tmp_path / 'checkpoints')
+    (tmp_path / 'metrics.json').write_text(json.dumps(full[:3]))
+    # Restarted from OVERFLOWING_SCALE, epoch 4 would skip steps again; from the saved scale it is the
+    # uninterrupted run's epoch 4.
     resumed = train(tiny_config(tiny_imagefolder, tmp_path, epochs=4, eval_interval=0, keep_checkpoint_max=4,
                                 amp_level='O2', loss_scale=OVERFLOWING_SCALE, resume='auto'))
-    for a, b in zip(full[2:], resumed[2:]):
+    assert len(resumed) == 4
+    for a, b in zip(full[3:], resumed[3:]):
         assert (a['loss_scale'], a['skipped_steps']) == (b['loss_scale'], b['skipped_steps'])
         np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
     net = build_model(tiny_config(tiny_imagefolder, tmp_path))

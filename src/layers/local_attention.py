@@ -15,6 +15,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from .padding import zero_pad_2d, zero_pad_axis
+from .precision import cast_to, float32_if_half
 
 # The additive mask outside a query's window. Finite, so that no graph holds an infinity (on Ascend in
 # saturation mode an inf produced or consumed anywhere sets the overflow flag that loss scaling reads),
@@ -128,9 +129,12 @@ class LocalAttention(nn.Cell):
         q = ops.transpose(q.reshape(-1, hd, nb_h, bq_h, nb_w, bq_w), (0, 2, 4, 1, 3, 5)).reshape(-1, hd, bq_h * bq_w)
         k = self._key_rectangles(self.pad(k.reshape(-1, hd, h, w) - pe), nb_h, bq_h, r_h, nb_w, bq_w, r_w)
         v = self._key_rectangles(self.pad(v.reshape(-1, hd, h, w)), nb_h, bq_h, r_h, nb_w, bq_w, r_w)
-        mask = window_mask(bq_h, r_h, bq_w, r_w, s, d, self.kernel_size, q.dtype)
-        att = self.softmax(self.bmm_tn(q, k) + mask)  # (N * nb, bq, r)
-        out = self.bmm_nt(v, att)  # (N * nb, hd, bq)
+        # Under mixed precision the logits, the mask and the softmax are float32, as apex O1 keeps the
+        # official layer's logit sum and softmax; the matmuls stay float16.
+        logits = float32_if_half(self.bmm_tn(q, k))
+        mask = window_mask(bq_h, r_h, bq_w, r_w, s, d, self.kernel_size, logits.dtype)
+        att = self.softmax(logits + mask)  # (N * nb, bq, r)
+        out = self.bmm_nt(v, cast_to(att, v.dtype))  # (N * nb, hd, bq)
         # (N, nb_h, nb_w, hd, bq_h, bq_w) -> (N, hd, nb_h, bq_h, nb_w, bq_w) -> (B, C, h_out+, w_out+)
         out = ops.transpose(out.reshape(-1, nb_h, nb_w, hd, bq_h, bq_w), (0, 3, 1, 4, 2, 5))
         out = out.reshape(-1, self.channels, nb_h * bq_h, nb_w * bq_w)

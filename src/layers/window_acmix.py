@@ -19,6 +19,7 @@ from .acmix import acmix_paths, check_odd, mixing_rates
 from .conv_path import shift_kernels
 from .formulation import convolution_path, linear, resolve_formulation
 from .formulation import dense as formulation_dense
+from .precision import cast_to, float32_if_half
 from .window_ops import relative_position_index, window_partition, window_reverse_heads
 
 
@@ -93,12 +94,15 @@ class WindowAttention(nn.Cell):
         # k enters transposed through the matmul's flag, not a Transpose: on CPU a Transpose keeps
         # a table of 8 bytes per element for the graph's life, and so would its gradient's.
         attn = self.bmm_nt(q * self.scale, k)  # (B*nW, nh, N, N)
+        # Under mixed precision the logits, the relative bias, the mask and the softmax are float32,
+        # as under apex O1 in the official training (its float16 matmul output meets the float32
+        # bias table there, which promotes the sum and so the softmax); attn @ v is float16 again.
+        attn = float32_if_half(attn)
         # The relative bias (and the shift mask) are added with BiasAdd over a flattened attn,
         # not with a broadcasting Add: on CPU a broadcasting Add/Mul builds two output-sized
         # index tables (16 B per element, kept for the graph's life) and is several times
         # slower than BiasAdd, which repeats its (C,) operand along the leading axis.
         bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, nh)
-        # (under mixed precision the table stays float32 while attn is float16)
         bias = ops.transpose(bias, (2, 0, 1)).astype(attn.dtype)  # (nh, N, N)
         if mask is None:
             attn = self.bias_add(attn.reshape(bw, nh * n * n), bias.reshape(-1))
@@ -110,7 +114,8 @@ class WindowAttention(nn.Cell):
         attn = self.attn_drop(ops.softmax(attn.reshape(bw, nh, n, n), axis=-1))
         # The windows go back to the map with their heads merged in one Transpose, and proj (per
         # token) runs on the map: one C-wide Transpose less than swapping heads and tokens first.
-        out = window_reverse_heads(self.bmm(attn, v), ws, h, w).reshape(-1, self.dim)  # (B*H*W, C)
+        out = self.bmm(cast_to(attn, v.dtype), v)
+        out = window_reverse_heads(out, ws, h, w).reshape(-1, self.dim)  # (B*H*W, C)
         if out_scale is None:
             out = self.proj(out)
         else:  # out_scale * proj(out), with the scale on the (C, C) weights, not on the activations

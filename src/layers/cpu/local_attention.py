@@ -18,6 +18,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from ..local_attention import block_geometry, pad_end, window_mask
+from ..precision import cast_to, float32_if_half
 
 
 @constexpr
@@ -58,6 +59,14 @@ class _BlockAttention(nn.Cell):
     (Transpose kernels keep 8 bytes per element for the graph's life on CPU), reduce the softmax
     gradient with ReduceSum (slower than all the matmuls together) and compute a gradient for the
     constant mask. This backward uses the transposed-operand forms of BatchMatMul instead.
+
+    Under mixed precision (float16 inputs) the logits, the mask and the softmax are float32, as apex O1
+    keeps the official layer's logit sum and softmax, and the forward's matmuls float16, as in the
+    portable formulation. The backward runs in float32: it folds the softmax gradient into matmuls with
+    the forward's operands, so its softmax part is float32 only if they are (this formulation runs on
+    CPU only, where float16 matmuls are no faster). The casts sit where the values are used: amp O2
+    casts the float inputs of every function a float16 Cell calls (its methods and bprop included) to
+    float16.
     """
 
     def __init__(self):
@@ -75,15 +84,18 @@ class _BlockAttention(nn.Cell):
         n, bq, r = q.shape[0], q.shape[2], k.shape[2]
         # BiasAdd broadcasts the mask along N without the index tables that a broadcasting Add
         # builds on CPU (16 bytes per output element, kept for the graph's life).
-        logits = self.bias_add(self.bmm_tn(q, k).reshape(n, bq * r), mask)  # q^T k
+        logits = float32_if_half(self.bmm_tn(q, k)).reshape(n, bq * r)  # q^T k
+        logits = self.bias_add(logits, cast_to(mask, logits.dtype))
         return self.softmax(logits.reshape(n, bq, r))  # exactly 0 outside each query's window
 
     def construct(self, q, k, v, mask):
-        att = self._weights(q, k, mask)
-        return self.bmm_nt(v, att), att  # v att^T: (N, hd, bq)
+        att = self._weights(q, k, mask)  # float32 if q is half
+        return self.bmm_nt(v, cast_to(att, v.dtype)), att  # v att^T: (N, hd, bq)
 
-    def bprop(self, q, k, v, mask, out, dout):
-        att, dout = out[1], dout[0]  # (N, bq, r); the layer does not use att
+    def bprop(self, q_in, k_in, v_in, mask, out, dout):
+        q, k, v = float32_if_half(q_in), float32_if_half(k_in), float32_if_half(v_in)
+        # (N, bq, r); the layer does not use att
+        att, dout = float32_if_half(out[1]), float32_if_half(dout[0])
         n, bq, r = att.shape
         hd = q.shape[1]
         datt = self.bmm_tn(dout, v)  # dout^T v: (N, bq, r)
@@ -96,7 +108,7 @@ class _BlockAttention(nn.Cell):
         c = self.bmm(self.ones((n, hd, 1), p.dtype), c)  # (N, hd, bq): c copied over hd
         dq = self.bmm_nt(k, p) - c * self.bmm_nt(k, att)  # k dlogits^T: (N, hd, bq)
         dk = self.bmm(q, p) - self.bmm(q * c, att)  # q dlogits: (N, hd, r)
-        return dq, dk, dv, self.zeros_like(mask)
+        return cast_to(dq, q_in.dtype), cast_to(dk, k_in.dtype), cast_to(dv, v_in.dtype), self.zeros_like(mask)
 
 
 class BlockedLocalAttention(nn.Cell):

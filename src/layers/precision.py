@@ -1,0 +1,26 @@
+"""The float32 islands of mixed precision inside the layers.
+
+The official Swin-ACmix trains with apex O1, which runs matmuls and convolutions in float16 but keeps
+softmax, LayerNorm and the loss in float32. `ms.amp.auto_mixed_precision(net, 'O2')` casts every Cell
+to float16 except those on its black list (BatchNorm, LayerNorm), and the attention softmax is a
+primitive inside the attention Cells, not a Cell of its own, so the attention layers lift their logits
+to float32 themselves. The dtype tests below are resolved when the graph is compiled: a float32
+network (amp O0) gets no extra node, and its graphs stay as they were.
+"""
+import mindspore as ms
+
+HALF_TYPES = (ms.float16, ms.bfloat16)
+
+
+def float32_if_half(x):
+    """x in float32 if it is float16 or bfloat16 (mixed precision); otherwise x itself, no Cast."""
+    if x.dtype in HALF_TYPES:
+        return x.astype(ms.float32)
+    return x
+
+
+def cast_to(x, dtype):
+    """x in `dtype`; x itself, no Cast, if it already has it."""
+    if x.dtype == dtype:
+        return x
+    return x.astype(dtype)
