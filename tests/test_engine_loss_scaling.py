@@ -86,7 +86,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from src.engine.context import use_device
 from src.engine.train_step import make_train_step
-from src.engine.trainer import SoftTargetCrossEntropy
+from src.engine.loss import SoftTargetCrossEntropy
 from src.layers import LocalAttentionACmix, WindowAttentionACmix, shifted_window_mask
 from src.layers.formulation import layer_norm
 

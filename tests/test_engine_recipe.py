@@ -17,9 +17,9 @@ from mindspore import Tensor
 import official_code
 from src.config import load_config
 from src.data.mixup import smooth_one_hot
+from src.engine.loss import SoftTargetCrossEntropy
 from src.engine.optim import build_lr_schedule, build_optimizer, resnet_cosine_lr, timm_cosine_lr
 from src.engine.train_step import make_train_step
-from src.engine.trainer import SoftTargetCrossEntropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

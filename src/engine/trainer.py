@@ -11,7 +11,6 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
 
 from ..data.imagefolder import (
     DataError,
@@ -26,7 +25,7 @@ from ..fileio import LogFileHandler, OutputWriteError, check_writable, make_dirs
 from ..models import build_model
 from .checkpoint import load_ema_weights, load_training_checkpoint, read_training_checkpoint, save_training_checkpoint
 from .evaluate import evaluate
-from .optim import build_lr_schedule, build_optimizer, scaled_lr
+from .optim import build_lr_schedule, scaled_lr
 from .preemption import StopRequest, TrainingStopped
 from .resume import (
     ResumeError,
@@ -37,7 +36,8 @@ from .resume import (
     step_checkpoints,
     training_checkpoints,
 )
-from .train_step import EMA_PREFIX, AnyRank, WeightEMA, make_train_step
+from .step import build_training_step
+from .train_step import AnyRank
 
 
 class TrainingError(UserError):
@@ -64,13 +64,6 @@ def log_to_file(logger, output_dir):
     handler = LogFileHandler(os.path.join(make_dirs(output_dir), 'train.log'))
     handler.setFormatter(LOG_FORMAT)
     logger.addHandler(handler)
-
-
-class SoftTargetCrossEntropy(nn.Cell):
-    """Cross-entropy with probability targets (label-smoothed, mixed), computed in fp32."""
-
-    def construct(self, logits, targets):
-        return (-targets * ops.log_softmax(logits.astype(ms.float32), axis=-1)).sum(-1).mean()
 
 
 # Training-checkpoint metadata of the loss scaler: a resumed run continues with the scale, the
@@ -211,27 +204,12 @@ class TrainingRun:
         self.peak_lr = scaled_lr(cfg.lr, self.global_batch, cfg.lr_base_batch)
         self.lrs = build_lr_schedule(cfg, self.global_batch, self.steps_per_epoch)
 
-        self.net = build_model(cfg)
-        self.n_params = sum(p.size for p in self.net.trainable_params())
-        self.optimizer = build_optimizer(self.net, cfg.optimizer, self.lrs, cfg.weight_decay, cfg.momentum,
-                                         cfg.no_decay_1d)
+        net = build_model(cfg)
+        self.n_params = sum(p.size for p in net.trainable_params())
         # The EMA lives in a second instance of the model, evaluated as it is.
-        self.ema_net, self.ema = None, None
-        if cfg.ema:
-            self.ema_net = build_model(cfg)
-            self.ema_net.update_parameters_name(EMA_PREFIX)
-            self.ema = WeightEMA(self.net, self.ema_net, cfg.ema_decay)
-        self.loss_scaler = None
-        if cfg.amp_level != 'O0':
-            self.net = ms.amp.auto_mixed_precision(self.net, cfg.amp_level)
-            if self.ema_net is not None:
-                self.ema_net = ms.amp.auto_mixed_precision(self.ema_net, cfg.amp_level)
-            self.loss_scaler = ms.amp.DynamicLossScaler(scale_value=cfg.loss_scale, scale_factor=2, scale_window=1000)
-        grad_reducer = None
-        if group_size > 1 and cfg.data_parallel:
-            grad_reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=group_size)
-        self.step_fn = make_train_step(self.net, SoftTargetCrossEntropy(), self.optimizer, self.loss_scaler,
-                                       cfg.clip_grad, grad_reducer, cfg.jit_level, self.accumulation, self.ema)
+        built = build_training_step(cfg, net, self.lrs, group_size, ema_net=build_model(cfg) if cfg.ema else None)
+        self.net, self.optimizer, self.loss_scaler = built.net, built.optimizer, built.loss_scaler
+        self.ema_net, self.ema, self.step_fn = built.ema_net, built.ema, built.step
 
         # Where the run starts (after start_epoch epochs and start_step steps of the next one), and
         # the state an uninterrupted run would have there.

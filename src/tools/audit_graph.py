@@ -4,8 +4,9 @@ documentation supports there.
     python -m src.tools.audit_graph --arch all | NAME [NAME ...] [--target Ascend GPU]
         [--graphs infer train_O0 train_O2] [--image_size N] [--jobs 2] [--formulation portable|cpu]
 
-For every model and graph (the exported inference graph, and the training step at amp O0 and O2 with
-loss scaling, clipping and weight EMA on, the optimizer of the model's shipped config; at O2 with
+For every model and graph (the exported inference graph, and the training step built by the
+trainer's own factory, engine.step.build_training_step, at amp O0 and at O2 (with loss scaling), with
+clipping and weight EMA on and the optimizer of the model's shipped config; at O2 with
 accumulation_steps 2, whose two graphs hold the same forward and backward plus the accumulation, so
 that both forms of the step are audited), a fresh process per model builds the
 model in the portable formulation (what every device but the CPU runs) at the smallest of AUDIT_SIZES
@@ -276,44 +277,52 @@ def _audit_config(arch, image_size, formulation='portable'):
     raise InputSizeError(f'{arch} takes none of the audit sizes {AUDIT_SIZES} without padding; pass --image_size')
 
 
-def compile_graph(cfg, graph, out_dir):
-    """Build the model of `cfg` and compile one of GRAPHS: the MINDIR export of inference, or the
-    training step (compiled and not run: PRECOMPILE_ENV), whose networks are built without
-    initialising their weights (nothing reads them). Returns the record's graph-specific items."""
-    import mindspore as ms
+def audited_step(cfg, graph):
+    """The training step of `graph` (train_O0, train_O2) for the model of `cfg`, built by the trainer's
+    factory (engine.step.build_training_step) from cfg with amp_level from the graph, weight EMA on,
+    clipping on (cfg.clip_grad, else 5) and, at O2, accumulation_steps 2, over networks built
+    without initialising their weights (nothing reads them). Returns (TrainingStep, one update's
+    batches)."""
     from mindspore import Tensor
     from mindspore.nn.utils import no_init_parameters
 
-    from ..engine.optim import build_optimizer
-    from ..engine.train_step import EMA_PREFIX, WeightEMA, make_train_step
-    from ..engine.trainer import SoftTargetCrossEntropy
+    from ..config import Config
+    from ..engine.step import build_training_step
     from ..models import build_model
 
+    amp_level = graph.split('_', 1)[1]
+    cfg = Config(cfg, amp_level=amp_level, ema=True, clip_grad=cfg.clip_grad or 5.0,
+                 accumulation_steps=1 if amp_level == 'O0' else 2)
+    with no_init_parameters():
+        net, ema_net = build_model(cfg), build_model(cfg)
+    net.set_train(True)
+    built = build_training_step(cfg, net, np.full(4, 1e-3, np.float32), ema_net=ema_net)
     size = cfg.image_size
     images = Tensor(np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32))
+    targets = Tensor(np.eye(cfg.num_classes, dtype=np.float32)[[1, 2]])
+    return built, [(images, targets)] * cfg.accumulation_steps
+
+
+def compile_graph(cfg, graph, out_dir):
+    """Build the model of `cfg` and compile one of GRAPHS: the MINDIR export of inference, or the
+    training step (compiled and not run: PRECOMPILE_ENV; see audited_step). Returns the record's
+    graph-specific items."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from ..models import build_model
+
     if graph == 'infer':  # the MINDIR holds the weights, and they are checked for infinities
+        size = cfg.image_size
+        images = Tensor(np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32))
         net = build_model(cfg)
         net.set_train(False)
         file_name = os.path.join(out_dir, cfg.arch)
         ms.export(net, images, file_name=file_name, file_format='MINDIR')
         return {'mindir': file_name + '.mindir'}
-    with no_init_parameters():
-        net, average_net = build_model(cfg), build_model(cfg)
-    net.set_train(True)
-    lrs = np.full(4, 1e-3, np.float32)
-    optimizer = build_optimizer(net, cfg.optimizer, lrs, cfg.weight_decay, cfg.momentum, cfg.no_decay_1d)
-    amp_level = graph.split('_', 1)[1]
-    if amp_level != 'O0':
-        net = ms.amp.auto_mixed_precision(net, amp_level)
-    scaler = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
-    average_net.update_parameters_name(EMA_PREFIX)
-    ema = WeightEMA(net, average_net, 0.9999)
-    accumulation_steps = 1 if amp_level == 'O0' else 2
-    step = make_train_step(net, SoftTargetCrossEntropy(), optimizer, scaler, cfg.clip_grad or 5.0,
-                           accumulation_steps=accumulation_steps, ema=ema)
-    targets = Tensor(np.eye(10, dtype=np.float32)[[1, 2]])
-    step([(images, targets)] * accumulation_steps)  # compiled only (PRECOMPILE_ENV)
-    return {'accumulation_steps': accumulation_steps}
+    built, batches = audited_step(cfg, graph)
+    built.step(batches)  # compiled only (PRECOMPILE_ENV)
+    return {'accumulation_steps': len(batches)}
 
 
 def _ir_files(folder):

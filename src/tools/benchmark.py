@@ -88,11 +88,12 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
     mindcv:<arch> is mindcv's model MINDCV_MODELS[arch], in the same set-up."""
     import mindspore as ms
     import numpy as np
-    from mindspore import Tensor, nn
+    from mindspore import Tensor
 
     import src  # noqa: F401
+    from src.config import load_config
     from src.engine.context import use_device
-    from src.engine.train_step import make_train_step
+    from src.engine.step import build_training_step
     from src.models import create_model, size_overrides
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -105,7 +106,7 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
     else:
         net = create_model(arch, num_classes=1000, formulation=formulation, **size_overrides(arch, image_size))
     images = Tensor(np.random.default_rng(0).normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
-    labels = Tensor(np.arange(batch_size, dtype=np.int32) % 1000)
+    targets = Tensor(np.eye(1000, dtype=np.float32)[np.arange(batch_size) % 1000])
     if mode == 'infer':
         net.set_train(False)
 
@@ -113,11 +114,15 @@ def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, fo
             return net(images)
     else:
         net.set_train(True)
-        opt = nn.Momentum(net.trainable_params(), learning_rate=1e-3, momentum=0.9)
-        train_step = make_train_step(net, nn.CrossEntropyLoss(), opt)
+        # the trainer's step (build_training_step) in fp32 with SGD and momentum, no weight decay, no
+        # clipping: what the official models' PyTorch step (--official) does too
+        cfg = load_config(None, {'optimizer': 'sgd', 'momentum': 0.9, 'weight_decay': 0.0, 'amp_level': 'O0',
+                                 'clip_grad': None, 'ema': False, 'accumulation_steps': 1})
+        # one lr per call of step (the table is indexed by the update count)
+        train_step = build_training_step(cfg, net, np.full(warmup + steps, 1e-3, np.float32)).step
 
         def step():
-            loss, _, _ = train_step([(images, labels)])
+            loss, _, _ = train_step([(images, targets)])
             return loss
 
     # asnumpy waits for the device
