@@ -115,8 +115,10 @@ class AdamW(nn.Optimizer):
     def construct(self, gradients):
         weight_decay = self.get_weight_decay()
         lr = self.get_lr()
+        # t, this update's number, is read before the step counter is advanced, as get_lr reads it: a
+        # read after the in-place update would copy the parameter (a TensorMove in the graph)
+        t = (self.global_step + self.global_step_increase_tensor).astype(ms.float32)
         self.assignadd(self.global_step, self.global_step_increase_tensor)
-        t = self.global_step.astype(ms.float32)
         bias_correction1 = 1.0 - ops.exp(t * self.log_beta1)
         bias_correction2_sqrt = ops.sqrt(1.0 - ops.exp(t * self.log_beta2))
         update = ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_correction1, bias_correction2_sqrt)
