@@ -15,9 +15,13 @@ import sys
 import pytest
 
 from conftest import ROOT, error_lines, tiny_config, train_command
-from src.engine.checkpoint import load_training_checkpoint, read_training_checkpoint, save_training_checkpoint
+from src.engine.checkpoint import (
+    ResumeError,
+    load_training_checkpoint,
+    read_training_checkpoint,
+    save_training_checkpoint,
+)
 from src.engine.optim import build_optimizer
-from src.engine.resume import ResumeError
 from src.engine.trainer import train
 from src.fileio import LogFileHandler, OutputWriteError, atomic_write, write_text
 from src.models import build_model

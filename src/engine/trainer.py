@@ -23,19 +23,32 @@ from ..data.imagefolder import (
 from ..errors import UserError
 from ..fileio import LogFileHandler, OutputWriteError, check_writable, make_dirs, remove_stale_temporaries, write_text
 from ..models import build_model
-from .checkpoint import load_ema_weights, load_training_checkpoint, read_training_checkpoint, save_training_checkpoint
-from .evaluate import evaluate
-from .optim import build_lr_schedule, scaled_lr
-from .preemption import StopRequest, TrainingStopped
-from .resume import (
+from .checkpoint import (
+    ACCUMULATION_META,
+    BEST_TOP1_META,
+    EPOCH_LOSSES_META,
+    EPOCH_SKIPPED_META,
+    LAST_META,
+    LOSS_SCALE_META,
+    STEP_META,
     ResumeError,
     auto_resume,
+    best_checkpoint_path,
     epoch_checkpoint_path,
     epoch_checkpoints,
+    load_ema_weights,
+    load_training_checkpoint,
+    loss_scaler_meta,
+    read_training_checkpoint,
+    restore_loss_scaler,
+    save_training_checkpoint,
     step_checkpoint_path,
     step_checkpoints,
     training_checkpoints,
 )
+from .evaluate import evaluate
+from .optim import build_lr_schedule, scaled_lr
+from .preemption import StopRequest, TrainingStopped
 from .step import build_training_step
 from .train_step import AnyRank
 
@@ -64,39 +77,6 @@ def log_to_file(logger, output_dir):
     handler = LogFileHandler(os.path.join(make_dirs(output_dir), 'train.log'))
     handler.setFormatter(LOG_FORMAT)
     logger.addHandler(handler)
-
-
-# Training-checkpoint metadata of the loss scaler: a resumed run continues with the scale, the
-# scaler's count of overflow-free steps towards the next increase, and the streak of skipped steps
-# the uninterrupted run would have had.
-LOSS_SCALE_META = 'loss_scale'
-LOSS_SCALE_COUNTER_META = 'loss_scale_counter'
-SKIPPED_IN_A_ROW_META = 'skipped_in_a_row'
-
-
-def loss_scaler_meta(loss_scaler, skipped_in_a_row):
-    return {LOSS_SCALE_META: float(loss_scaler.scale_value.asnumpy()),
-            LOSS_SCALE_COUNTER_META: int(loss_scaler.counter.asnumpy()), SKIPPED_IN_A_ROW_META: skipped_in_a_row}
-
-
-def restore_loss_scaler(loss_scaler, meta):
-    """Set a DynamicLossScaler's state from checkpoint metadata; returns the streak of skipped
-    steps. A checkpoint without it (saved by a run without loss scaling) leaves the scaler at its
-    configured initial state."""
-    if LOSS_SCALE_META not in meta:
-        return 0
-    loss_scaler.scale_value.set_data(ms.Tensor(meta[LOSS_SCALE_META], ms.float32))
-    loss_scaler.counter.set_data(ms.Tensor(meta[LOSS_SCALE_COUNTER_META], ms.int32))
-    return int(meta[SKIPPED_IN_A_ROW_META])
-
-
-# A mid-epoch checkpoint also holds the epoch's losses and skipped steps so far: the epoch's record
-# after resuming equals the uninterrupted run's.
-EPOCH_LOSSES_META = 'epoch_losses'
-EPOCH_SKIPPED_META = 'epoch_skipped_steps'
-# Steps count optimizer updates: a step checkpoint's position means accumulation_steps times as many
-# batches, so a run resumes from one only with the same accumulation_steps.
-ACCUMULATION_META = 'accumulation_steps'
 
 
 def read_metrics(path):
@@ -290,8 +270,8 @@ class TrainingRun:
         if self.ema is not None and not load_ema_weights(params, self.ema_net):
             self.log.warning('%s has no EMA weights (saved without ema): the average starts at its weights', resume)
             self.ema.start_from_weights()
-        self.start_epoch, self.start_step = int(meta.get('epoch', 0)), int(meta.get('step', 0))
-        self.best_top1 = float(meta.get('best_top1', -1.0))
+        self.start_epoch, self.start_step = int(meta.get(LAST_META, 0)), int(meta.get(STEP_META, 0))
+        self.best_top1 = float(meta.get(BEST_TOP1_META, -1.0))
         saved_accumulation = int(meta.get(ACCUMULATION_META, 1))
         if self.start_step and saved_accumulation != self.accumulation:
             raise ResumeError(f'{resume} was saved after step {self.start_step} of an epoch with accumulation_steps '
@@ -377,7 +357,7 @@ class TrainingRun:
                 if self.rank == 0:
                     self.last_saved.path = self._save(
                         step_checkpoint_path(self.ckpt_dir, epoch + 1, i),
-                        {'epoch': epoch, 'step': i, EPOCH_SKIPPED_META: state.skipped,
+                        {LAST_META: epoch, STEP_META: i, EPOCH_SKIPPED_META: state.skipped,
                          EPOCH_LOSSES_META: ms.Tensor(np.array(state.losses, np.float64))})
                 raise self._stopped(stop, f'epoch {epoch + 1}, step {i} of {spe}')
         self._read_steps(epoch, pending, state)
@@ -455,7 +435,7 @@ class TrainingRun:
         return record
 
     def _save(self, path, meta_extra, with_optimizer=True):
-        meta = {'best_top1': self.best_top1, ACCUMULATION_META: self.accumulation, **meta_extra}
+        meta = {BEST_TOP1_META: self.best_top1, ACCUMULATION_META: self.accumulation, **meta_extra}
         if self.loss_scaler is not None:
             meta.update(loss_scaler_meta(self.loss_scaler, self.skipped_in_a_row))
         return save_training_checkpoint(path, self.net, self.optimizer if with_optimizer else None, meta,
@@ -472,9 +452,9 @@ class TrainingRun:
         # Metrics first: a kill between the two writes leaves metrics one epoch ahead of the
         # checkpoints, which resume trims, never behind.
         write_text(self.metrics_path, json.dumps(self.history, indent=1))
-        self.last_saved.path = self._save(epoch_checkpoint_path(ckpt_dir, epoch + 1), {'epoch': epoch + 1})
+        self.last_saved.path = self._save(epoch_checkpoint_path(ckpt_dir, epoch + 1), {LAST_META: epoch + 1})
         if new_best:
-            best = self._save(os.path.join(ckpt_dir, 'best.ckpt'), {'epoch': epoch + 1}, with_optimizer=False)
+            best = self._save(best_checkpoint_path(ckpt_dir), {LAST_META: epoch + 1}, with_optimizer=False)
             self.log.info('new best top-1 %.4f -> %s', self.best_top1, best)
         for _, old in epoch_checkpoints(ckpt_dir)[:-self.cfg.keep_checkpoint_max]:
             os.remove(old)
