@@ -1,5 +1,6 @@
 """The official recipes' own Python code, imported for use as test references: torchvision's
-transforms and timm 0.3.2's files (the versions the official code ran with). A test that needs one
+transforms and timm 0.3.2's files (the versions the official code ran with); and the official
+checkpoint files' layouts, written from a model of src/tools/official_reference.py. A test that needs one
 that is not installed is skipped (run_tests.sh installs torch, torchvision 0.28 and timm 0.3.2).
 
 torchvision 0.28 installs beside the tests' torch 2.13 (CPU build), but its import stops at
@@ -52,3 +53,61 @@ def timm_file(folder, name):
         package.__path__ = [os.path.join(os.path.dirname(spec.origin), folder)]
         sys.modules[package_name] = package
     return importlib.import_module(f'{package_name}.{name}')
+
+
+# ----------------------------------------------------------------------------- official checkpoint files
+class CfgNode(dict):
+    """Stands for yacs.config.CfgNode, the config object the official Swin training script saves in its
+    checkpoints (pickled under that module and class name by write_pth_layouts). Constructing it records
+    that it was constructed: a reader that runs what a .pth names would do so."""
+    constructed = []
+
+    def __new__(cls, *args, **kwargs):  # unpickling a dict subclass calls it (NEWOBJ), not __init__
+        CfgNode.constructed.append(cls)
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__['immutable'] = False  # yacs keeps such flags in the instance, pickled as its state
+
+
+def write_pth_layouts(model, folder):
+    """The four layouts an official .pth comes in, with the weights of `model` (an official Swin of
+    src/tools/official_reference.py built for 32-px inputs): {layout: path}. 'bare': the state_dict; 'model':
+    {'model': state_dict} (the released Swin-ACmix files); 'module': {'state_dict': state_dict with
+    'module.' prefixes} (the official ResNet script, DataParallel); 'training': what the official Swin
+    main.py saves (model, AdamW state, scheduler state, max_accuracy, epoch and the yacs config,
+    pickled as yacs.config.CfgNode)."""
+    import torch
+    state_dict = model.state_dict()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    config = CfgNode({'MODEL': CfgNode({'TYPE': 'swin_acmix', 'NAME': 'acmix_swin_tiny'}), 'TRAIN': {'EPOCHS': 300}})
+    layouts = {
+        'bare': state_dict,
+        'model': {'model': state_dict},
+        'module': {'state_dict': {'module.' + k: v for k, v in state_dict.items()}},
+        'training': {'model': state_dict, 'optimizer': optimizer.state_dict(),
+                     'lr_scheduler': {'t_initial': 1000, 'lr_min': 5e-6}, 'max_accuracy': 81.9, 'epoch': 299,
+                     'config': config},
+    }
+    yacs, yacs_config = types.ModuleType('yacs'), types.ModuleType('yacs.config')
+    yacs_config.CfgNode = CfgNode
+    saved = {name: sys.modules.get(name) for name in ('yacs', 'yacs.config')}
+    CfgNode.__module__, CfgNode.__qualname__ = 'yacs.config', 'CfgNode'
+    sys.modules.update({'yacs': yacs, 'yacs.config': yacs_config})
+    try:
+        paths = {}
+        for layout, obj in layouts.items():
+            paths[layout] = os.path.join(folder, f'{layout}.pth')
+            torch.save(obj, paths[layout])
+    finally:
+        CfgNode.__module__, CfgNode.__qualname__ = __name__, 'CfgNode'
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    CfgNode.constructed.clear()
+    return paths

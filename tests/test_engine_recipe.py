@@ -120,7 +120,7 @@ def test_the_swin_recipe_trains_as_the_official_code():
     0.1: acmix_swin_mini and the official formulation, 8 steps."""
     import torch
 
-    import torch_reference as tref
+    from src.tools import official_reference as tref
     torch.manual_seed(0)
     tmodel = tref.swin(True, num_classes=5, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
                        num_heads=(1, 2, 4, 8), window_size=4).train()
@@ -158,7 +158,7 @@ def test_the_resnet_recipe_trains_as_the_official_code():
     official formulation, 6 steps with BatchNorm in training mode."""
     import torch
 
-    import torch_reference as tref
+    from src.tools import official_reference as tref
     torch.manual_seed(0)
     tmodel = tref.acmix_resnet([1, 1, 1, 1], num_classes=5, base_channels=16).train()
     net = _convert(tmodel, 'acmix_resnet_mini', stem='imagenet')

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import export as export_script
+import official_code
 from conftest import tiny_config
 from src.engine.checkpoint import save_training_checkpoint
 from src.models import build_model
@@ -63,16 +64,16 @@ def test_eval_script_on_every_official_pth_layout(tiny_imagefolder, tmp_path, ca
     import json
 
     import eval as eval_script
-    import torch_reference as tref
+    from src.tools import official_reference as tref
     tmodel = tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
                        num_heads=(1, 2, 4, 8), window_size=4)
     results = {}
-    for layout, pth in tref.write_pth_layouts(tmodel, str(tmp_path)).items():
+    for layout, pth in official_code.write_pth_layouts(tmodel, str(tmp_path)).items():
         assert eval_script.main(['--arch', 'acmix_swin_mini', '--num_classes', '3', '--image_size', '32',
                                  '--crop_pct', '1.0', '--data_dir', tiny_imagefolder, '--checkpoint', pth,
                                  '--eval_batch_size', '5']) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         results[layout] = {k: v for k, v in result.items() if k != 'checkpoint'}
-    assert not tref.CfgNode.constructed
+    assert not official_code.CfgNode.constructed
     assert results['bare']['count'] == 12 and 0.0 <= results['bare']['top1'] <= 1.0
     assert all(result == results['bare'] for result in results.values()), results

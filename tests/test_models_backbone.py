@@ -180,7 +180,7 @@ def test_a_checkpoint_loads_into_another_window_size(tmp_path, capsys):
 def test_official_224_weights_load_into_a_384_window_12_model(tmp_path):
     """The released Swin-ACmix .pth (224 px, window 7) as the start of a 384-px, window-12 fine-tune."""
     torch = pytest.importorskip('torch')
-    import torch_reference as tref
+    from src.tools import official_reference as tref
     torch.manual_seed(0)
     state = tref.randomize_for_parity(tref.swin(True).eval()).state_dict()
     pth = str(tmp_path / 'acmix_swin_tiny_224.pth')

@@ -1,5 +1,5 @@
 """Parity with the official PyTorch models: a torch re-implementation of the official forward
-(tests/torch_reference.py, same state_dict keys, same unfold/roll formulation) is randomised,
+(src/tools/official_reference.py, same state_dict keys, same unfold/roll formulation) is randomised,
 saved as a .pth, converted with src.tools.pth2ckpt and loaded into our networks; outputs must
 agree stage by stage and at the logits, in eval mode. Needs torch (skipped without it).
 
@@ -15,10 +15,10 @@ torch = pytest.importorskip('torch')
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
-import torch_reference as tref  # noqa: E402
 from src.layers import LocalAttentionACmix  # noqa: E402
 from src.models import create_model, weights  # noqa: E402
 from src.models.weights import load_checkpoint_strict  # noqa: E402
+from src.tools import official_reference as tref  # noqa: E402
 from src.tools import pth2ckpt  # noqa: E402
 
 # "Up to fp32 rounding", made precise: the official model run in float64 is the ground truth;

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import official_code
 from src.models import create_model, weights
 from src.models.weights import CheckpointMismatchError, load_checkpoint_strict
 from src.tools import pth2ckpt
@@ -94,7 +95,7 @@ def test_strict_loader_names_mismatched_keys(tmp_path):
 
 def _tiny_official_swin():
     torch = pytest.importorskip('torch')
-    import torch_reference as tref
+    from src.tools import official_reference as tref
     torch.manual_seed(0)
     return tref, tref.swin(True, num_classes=3, img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2),
                            num_heads=(1, 2, 4, 8), window_size=4)
@@ -103,9 +104,9 @@ def _tiny_official_swin():
 def test_every_official_pth_layout_reads_as_the_same_weights_without_running_its_objects(tmp_path):
     """The official training script's checkpoint holds a yacs config object: read as inert data."""
     tref, model = _tiny_official_swin()
-    paths = tref.write_pth_layouts(model, str(tmp_path))
+    paths = official_code.write_pth_layouts(model, str(tmp_path))
     read = {layout: weights.load_pth(path) for layout, path in paths.items()}
-    assert not tref.CfgNode.constructed
+    assert not official_code.CfgNode.constructed
     want = {k: v.numpy() for k, v in model.state_dict().items()}
     for layout, state_dict in read.items():
         assert state_dict.keys() == want.keys(), layout

@@ -16,7 +16,7 @@ round the models run mode by mode, so an ACmix model listed next to its plain tw
 with it; with several rounds the ratio lines also give the spread of these per-round ratios.
 
 --official also times the official formulation in PyTorch (the test-only re-implementation
-tests/torch_reference.py; needs torch, CPU only) of each listed model that has one, as
+src/tools/official_reference.py; needs torch, CPU only) of each listed model that has one, as
 `official:<arch>` in a fresh process of its own, right after our model in the same mode, and prints
 <arch> / official:<arch> throughput ratios (above 1: ours is faster). Every worker uses --threads
 threads: MindSpore's CPU kernels and the ACmix C++ kernels, or PyTorch's intra-op pool. A PyTorch
@@ -57,12 +57,9 @@ MINDCV_PREFIX = 'mindcv:'
 # arch -> mindcv's model of that architecture (mindcv.models.create_model name), built with its defaults
 MINDCV_MODELS = {'swin_tiny': 'swin_tiny'}
 MINDCV_IMAGE_SIZE = 224  # mindcv's swin_tiny fixes its input size (and relative-position tables) to 224
-# Test-only code, imported by path and only by an official worker: without --official neither it nor
-# torch is needed.
-TORCH_REFERENCE = os.path.join(ROOT, 'tests', 'torch_reference.py')
 _SWIN_MINI = dict(patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
                   drop_path_rate=0.1)
-# arch -> (builder in tests/torch_reference.py, its arguments): the configuration of the registered
+# arch -> (builder in src/tools/official_reference.py, its arguments): the configuration of the registered
 # model (src/models/resnet.py, swin.py), drop_path_rate included, so that training does the same
 # work. The ResNet minis have none: their 'small' stem is not in the official ResNet.
 OFFICIAL_MODELS = {
@@ -150,11 +147,10 @@ def _measure(arch, mode, batch_size, image_size, step, warmup, steps):
 
 
 def build_official(arch, image_size):
-    """The PyTorch model of tests/torch_reference.py that `arch` reproduces, for square inputs of
-    `image_size`."""
-    spec = importlib.util.spec_from_file_location('torch_reference', TORCH_REFERENCE)
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
+    """The PyTorch model of src/tools/official_reference.py that `arch` reproduces, for square inputs
+    of `image_size`. Imported here, in the official worker only: without --official torch is not
+    needed."""
+    from src.tools import official_reference as reference
     builder, kwargs = OFFICIAL_MODELS[arch]
     if builder == 'swin':
         kwargs = dict(kwargs, img_size=image_size)
@@ -331,8 +327,6 @@ def check_official(archs, device_target):
     if importlib.util.find_spec('torch') is None:
         raise UserError('--official times the official formulation in PyTorch, which is not installed '
                         '(pip install torch==2.13.0)')
-    if not os.path.isfile(TORCH_REFERENCE):
-        raise UserError(f'--official needs the official formulation in {TORCH_REFERENCE}, which is missing')
     if device_target != 'CPU':
         raise UserError('--official times PyTorch on CPU only; use it with --device_target CPU')
     with_official = [a for a in archs if a in OFFICIAL_MODELS]
@@ -382,7 +376,7 @@ def main(argv=None):
                         help='threads of every worker: of MindSpore\'s CPU kernels and the ACmix C++ kernels '
                              '(ACMIX_KERNEL_THREADS), or of PyTorch (default: the CPUs this process may use)')
     parser.add_argument('--official', action='store_true',
-                        help='also time the official formulation in PyTorch, tests/torch_reference.py, of each '
+                        help='also time the official formulation in PyTorch, src/tools/official_reference.py, of each '
                              'model that has one (needs torch; CPU only)')
     parser.add_argument('--mindcv', action='store_true',
                         help='also time mindcv\'s model of each listed architecture that has one '

@@ -1,4 +1,6 @@
-"""Test-only PyTorch reference for ACmix (Pan et al., CVPR 2022).
+"""The official formulation of ACmix (Pan et al., CVPR 2022) in PyTorch, the reference our models are
+compared with: by the parity tests (tests/test_parity_official.py) and by the benchmark's --official.
+Needs torch (an optional extra: pip install torch==2.13.0); nothing else in src/ imports it.
 
 A compact re-implementation of the forward passes of the official LeapLabTHU/ACmix models
 (ResNet/test_bottleneck.py, ResNet/ResNet_ImageNet.py, Swin-Transformer/models/
@@ -7,9 +9,7 @@ any input size by zero-padding as the official Swin detection backbone (SwinTran
 Swin-Transformer-Object-Detection, mmdet/models/backbones/swin_transformer.py) does; without
 padding (e.g. 224 with patch 4, window 7) they compute exactly the classification code. Module names,
 state_dict keys, shapes, buffers and initialisation follow the official code, so a state_dict
-of these models can be converted and loaded into the MindSpore port for parity tests. The last
-section writes a model's weights in the layouts of the official checkpoint files.
-Nothing here is used outside the tests.
+of these models can be converted and loaded into the MindSpore port for parity tests.
 """
 import torch
 import torch.nn as nn
@@ -494,63 +494,3 @@ if __name__ == '__main__':
         out = randomize_for_parity(ACmix(64, 64, stride=2))(torch.randn(1, 64, 14, 14))
     print('ACmix(64, 64, stride=2) on 1x64x14x14 ->', tuple(out.shape))
     assert ok, 'parameter count mismatch'
-
-
-# ----------------------------------------------------------------------------- official checkpoint files
-class CfgNode(dict):
-    """Stands for yacs.config.CfgNode, the config object the official Swin training script saves in its
-    checkpoints (pickled under that module and class name by write_pth_layouts). Constructing it records
-    that it was constructed: a reader that runs what a .pth names would do so."""
-    constructed = []
-
-    def __new__(cls, *args, **kwargs):  # unpickling a dict subclass calls it (NEWOBJ), not __init__
-        CfgNode.constructed.append(cls)
-        return super().__new__(cls, *args, **kwargs)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.__dict__['immutable'] = False  # yacs keeps such flags in the instance, pickled as its state
-
-
-def write_pth_layouts(model, folder):
-    """The four layouts an official .pth comes in, with the weights of `model` (an official Swin of
-    these references built for 32-px inputs): {layout: path}. 'bare': the state_dict; 'model':
-    {'model': state_dict} (the released Swin-ACmix files); 'module': {'state_dict': state_dict with
-    'module.' prefixes} (the official ResNet script, DataParallel); 'training': what the official Swin
-    main.py saves (model, AdamW state, scheduler state, max_accuracy, epoch and the yacs config,
-    pickled as yacs.config.CfgNode)."""
-    import os
-    import sys
-    import types
-    state_dict = model.state_dict()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.zeros(1, 3, 32, 32)).sum().backward()
-    optimizer.step()
-    config = CfgNode({'MODEL': CfgNode({'TYPE': 'swin_acmix', 'NAME': 'acmix_swin_tiny'}), 'TRAIN': {'EPOCHS': 300}})
-    layouts = {
-        'bare': state_dict,
-        'model': {'model': state_dict},
-        'module': {'state_dict': {'module.' + k: v for k, v in state_dict.items()}},
-        'training': {'model': state_dict, 'optimizer': optimizer.state_dict(),
-                     'lr_scheduler': {'t_initial': 1000, 'lr_min': 5e-6}, 'max_accuracy': 81.9, 'epoch': 299,
-                     'config': config},
-    }
-    yacs, yacs_config = types.ModuleType('yacs'), types.ModuleType('yacs.config')
-    yacs_config.CfgNode = CfgNode
-    saved = {name: sys.modules.get(name) for name in ('yacs', 'yacs.config')}
-    CfgNode.__module__, CfgNode.__qualname__ = 'yacs.config', 'CfgNode'
-    sys.modules.update({'yacs': yacs, 'yacs.config': yacs_config})
-    try:
-        paths = {}
-        for layout, obj in layouts.items():
-            paths[layout] = os.path.join(folder, f'{layout}.pth')
-            torch.save(obj, paths[layout])
-    finally:
-        CfgNode.__module__, CfgNode.__qualname__ = __name__, 'CfgNode'
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-    CfgNode.constructed.clear()
-    return paths
