@@ -11,8 +11,13 @@
 #                          naming the missing ones, then the usage lines, on stderr; exit code 2.
 #   acmix_msrun DEVICE_NUM LOG_DIR TRAIN_ARG...
 #                          replaces the shell (exec) with msrun running train.py TRAIN_ARG... in
-#                          DEVICE_NUM local workers of one job; master 127.0.0.1:$MASTER_PORT
-#                          (default 8118), logs in LOG_DIR. Run from the project root.
+#                          DEVICE_NUM local workers of one job, logs in LOG_DIR. Run from the project
+#                          root. Several nodes (servers): run it on every node with NODE_NUM (nodes in
+#                          the job, default 1), NODE_RANK (this node's, 0..NODE_NUM-1) and MASTER_ADDR
+#                          (node 0's address; default 127.0.0.1, which only a one-node job may leave
+#                          out); the job has NODE_NUM x DEVICE_NUM workers. MASTER_PORT: default 8118.
+#                          DRY_RUN=1 prints the msrun command and starts nothing; an inconsistent
+#                          setting is one `error: ...` line and exit code 2.
 ACMIX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"   # else oneDNN convs are ~100x slower on AVX-512 CPUs
 export GLOG_v="${GLOG_v:-3}"                               # MindSpore's warning flood off
@@ -76,6 +81,26 @@ acmix_need_args() {
 
 acmix_msrun() {
     local workers=$1 log_dir=$2; shift 2
-    exec msrun --worker_num="$workers" --local_worker_num="$workers" --master_addr=127.0.0.1 \
-        --master_port="${MASTER_PORT:-8118}" --log_dir="$log_dir" --join=True train.py "$@"
+    local nodes=${NODE_NUM:-1} node_rank=${NODE_RANK:-0} port=${MASTER_PORT:-8118}
+    local fail=""
+    if ! [[ "$nodes" =~ ^[1-9][0-9]*$ ]]; then
+        fail="NODE_NUM must be a positive integer (the nodes in the job), got '$nodes'"
+    elif ! [[ "$node_rank" =~ ^[0-9]+$ ]] || [ "$node_rank" -ge "$nodes" ]; then
+        fail="NODE_RANK must be this node's rank, 0..$((nodes - 1)) for NODE_NUM=$nodes, got '$node_rank'"
+    elif [ "$nodes" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+        fail="NODE_NUM=$nodes needs MASTER_ADDR, the address of node 0 (the same on every node)"
+    elif ! [[ "$port" =~ ^[0-9]+$ ]]; then
+        fail="MASTER_PORT must be a port number, got '$port'"
+    fi
+    if [ -n "$fail" ]; then echo "error: $fail" >&2; exit 2; fi
+    local cmd=(msrun --worker_num="$((workers * nodes))" --local_worker_num="$workers"
+               --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$port")
+    [ "$nodes" -gt 1 ] && cmd+=(--node_rank="$node_rank")
+    cmd+=(--log_dir="$log_dir" --join=True train.py "$@")
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        echo "node $node_rank of $nodes: $(printf '%q ' "${cmd[@]}")"
+        echo "dry run: nothing started"
+        exit 0
+    fi
+    exec "${cmd[@]}"
 }

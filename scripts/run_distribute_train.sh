@@ -10,7 +10,9 @@
 # this machine's server_id). RANK_SIZE is the number of devices in the whole table. Each rank runs in
 # its own folder, <output_dir>/rank_<RANK_ID>/, and logs to train.log there. DRY_RUN=1 prints each
 # rank's command and environment and starts nothing.
-# msrun: logs in <output_dir>/msrun_log/.
+# msrun: logs in <output_dir>/msrun_log/. Several servers: run the same command on each with NODE_NUM,
+# NODE_RANK (0 on the master) and MASTER_ADDR (the master's address); DEVICE_NUM is per server, and
+# DRY_RUN=1 prints this server's msrun command (scripts/env.sh, acmix_msrun).
 # Missing arguments or a bad rank table: one `error: ...` line on stderr and exit code 2; a rank that
 # fails: exit code 1.
 # Relative paths (config keys and overrides) mean what they mean from the project root: the config

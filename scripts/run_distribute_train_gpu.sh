@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training on GPUs with msrun.
 #   bash scripts/run_distribute_train_gpu.sh CONFIG_PATH DATASET_PATH [DEVICE_NUM] [--key value ...]
-# DEVICE_NUM defaults to 8. Logs: <output_dir>/msrun_log/. Not run on GPUs by the authors (no device here);
+# DEVICE_NUM (per server) defaults to 8. Logs: <output_dir>/msrun_log/. Several servers: NODE_NUM,
+# NODE_RANK and MASTER_ADDR on each, as for run_distribute_train.sh msrun; DRY_RUN=1 prints the command. Not run on GPUs by the authors (no device here);
 # the same launcher is tested on CPU (tests/test_engine_distributed.py).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"

@@ -228,7 +228,8 @@ def _fake_msrun(tmp_path, script, *args, **extra_env):
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     (tmp_path / 'data').mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ('DEVICE_TARGET', 'MASTER_PORT')}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('DEVICE_TARGET', 'MASTER_PORT', 'MASTER_ADDR', 'NODE_NUM', 'NODE_RANK', 'DRY_RUN')}
     env.update(PYTHON=str(bin_dir / 'python'), **extra_env)
     return subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), *args], capture_output=True, text=True,
                           timeout=120, env=env, cwd=str(tmp_path))
@@ -249,3 +250,35 @@ def test_msrun_launchers_build_the_msrun_command(tmp_path, script, args, env, de
                     '--config', CONFIG, '--data_dir', str(tmp_path / 'data'), '--device_target', target,
                     '--output_dir', str(out), '--epochs', '1']
     assert not out.exists()  # nothing started
+
+
+@pytest.mark.parametrize('script, args', [('run_distribute_train.sh', ['msrun', CONFIG, 'data', '2']),
+                                           ('run_distribute_train_gpu.sh', [CONFIG, 'data', '2'])])
+def test_msrun_launchers_build_the_command_of_each_node(tmp_path, script, args):
+    """Two nodes of two devices: each node's launcher runs msrun with the job's 4 workers, its own 2, the
+    master's address and its node rank; DRY_RUN=1 prints that command and starts nothing."""
+    out = tmp_path / 'out'
+    nodes = dict(NODE_NUM='2', NODE_RANK='1', MASTER_ADDR='10.1.2.3', MASTER_PORT='8231')
+    proc = _fake_msrun(tmp_path, script, *args, '--output_dir', str(out), **nodes)
+    assert proc.returncode == 7, proc.stderr
+    msrun = ['--worker_num=4', '--local_worker_num=2', '--master_addr=10.1.2.3', '--master_port=8231',
+             '--node_rank=1', f'--log_dir={out}/msrun_log', '--join=True', 'train.py']
+    assert proc.stdout.splitlines()[1:len(msrun) + 1] == msrun
+    (tmp_path / 'dry').mkdir()
+    dry = _fake_msrun(tmp_path / 'dry', script, *args, '--output_dir', str(out), DRY_RUN='1', **nodes)
+    assert dry.returncode == 0, dry.stderr
+    printed, done = dry.stdout.splitlines()
+    assert printed.startswith('node 1 of 2: msrun ' + ' '.join(msrun)) and done == 'dry run: nothing started'
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('env, message', [
+    (dict(NODE_NUM='2', NODE_RANK='2', MASTER_ADDR='10.1.2.3'),
+     "NODE_RANK must be this node's rank, 0..1 for NODE_NUM=2, got '2'"),
+    (dict(NODE_NUM='2', NODE_RANK='0'), 'NODE_NUM=2 needs MASTER_ADDR, the address of node 0 (the same on every node)'),
+    (dict(NODE_NUM='two'), "NODE_NUM must be a positive integer (the nodes in the job), got 'two'"),
+    (dict(MASTER_PORT='http'), "MASTER_PORT must be a port number, got 'http'")])
+def test_msrun_node_settings_that_do_not_fit_are_one_error_line(tmp_path, env, message):
+    proc = _fake_msrun(tmp_path, 'run_distribute_train_gpu.sh', CONFIG, 'data', '2', **env)
+    _assert_bad_input(proc)
+    assert proc.stderr.strip() == f'error: {message}' and proc.stdout == ''  # msrun never ran
