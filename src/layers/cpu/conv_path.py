@@ -15,7 +15,7 @@ from mindspore import Tensor, nn, ops
 
 from ..window_ops import window_reverse
 from .kernels import map_size
-from .local_attention import _eye, _SwapLastAxes
+from .swap import SwapLastAxes, identity_stack
 
 
 def mirrored_taps(kernel_size):
@@ -34,7 +34,7 @@ class FoldConvolutionPath(nn.Cell):
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.mirrored_taps = mirrored_taps(kernel_size)
         self.bmm = ops.BatchMatMul()
-        self.swap = _SwapLastAxes()  # no parameters
+        self.swap = SwapLastAxes()  # no parameters
 
     def construct(self, qkv, fc_weight, fc_bias, dep_weight):
         b, _, h, w = qkv.shape
@@ -46,8 +46,8 @@ class FoldConvolutionPath(nn.Cell):
         qkv = qkv.view(b, c3, hd * h * w)
         # -> (b * hd, 3*head, h*w) by two identity-matmul swaps (exact on CPU, and no Transpose
         # index tables), so that head_dim, dep_conv's group, becomes a batch axis.
-        qkv = self.swap(qkv, _eye(b, c3, qkv.dtype))  # (b, hd*h*w, 3*head)
-        qkv = self.swap(qkv.view(b * hd, h * w, c3), _eye(b * hd, c3, qkv.dtype))
+        qkv = self.swap(qkv, identity_stack(b, c3, qkv.dtype))  # (b, hd*h*w, 3*head)
+        qkv = self.swap(qkv.view(b * hd, h * w, c3), identity_stack(b * hd, c3, qkv.dtype))
         # fc (1x1, 3*head -> k2) and dep_conv (grouped k x k; group d: input channels d*k2 + j,
         # output channels d*opg + o) are both linear, so they are applied as one batched matmul
         # followed by a fold. Per group d and pixel p, for output channel o and mirrored tap t':

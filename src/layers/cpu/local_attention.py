@@ -13,40 +13,11 @@ from CPU-specific forms:
   Col2Im (`ops.fold`), and the attention core has a hand-written backward (_BlockAttention).
 """
 import mindspore as ms
-import numpy as np
 from mindspore import Tensor, nn, ops
-from mindspore.ops import constexpr
 
 from ..local_attention import block_geometry, pad_end, window_mask
 from ..precision import cast_to, float32_if_half
-
-
-@constexpr
-def _eye(n, m, dtype, scale=1.0):
-    """n stacked m x m identity matrices, times scale."""
-    return Tensor(np.broadcast_to(np.eye(m) * scale, (n, m, m)).copy(), dtype)
-
-
-class _SwapLastAxes(nn.Cell):
-    """(N, a, m) -> (N, m, a) by a batched matmul with an identity matrix `eye` (N, e, e), e = a
-    or m (the cost is e multiply-adds per element, so pass the smaller). Exact, and unlike the CPU
-    Transpose kernel it keeps no per-element index table. The backward is the same swap back."""
-
-    def __init__(self):
-        super().__init__()
-        self.bmm_nt = ops.BatchMatMul(transpose_b=True)
-        self.bmm_tn = ops.BatchMatMul(transpose_a=True)
-        self.zeros_like = ops.ZerosLike()
-
-    def construct(self, x, eye):
-        if eye.shape[2] == x.shape[2]:
-            return self.bmm_nt(eye, x)  # I_m @ x^T
-        return self.bmm_tn(x, eye)  # x^T @ I_a
-
-    def bprop(self, x, eye, out, dout):
-        if eye.shape[2] == x.shape[2]:
-            return self.bmm_tn(dout, eye), self.zeros_like(eye)
-        return self.bmm_nt(eye, dout), self.zeros_like(eye)
+from .swap import SwapLastAxes, identity_stack
 
 
 class _BlockAttention(nn.Cell):
@@ -124,7 +95,7 @@ class BlockedLocalAttention(nn.Cell):
         self.scaling = scaling
         self.pad = nn.ReflectionPad2d((dilation * (kernel_size - 1) + 1) // 2)
         self.block_attention = _BlockAttention()
-        self.swap = _SwapLastAxes()
+        self.swap = SwapLastAxes()
 
     def construct(self, q, k, v, pe):
         b, _, h, w = q.shape
@@ -165,14 +136,15 @@ class BlockedLocalAttention(nn.Cell):
     def _blocks_first(self, x, nb_h, nb_w, scale=1.0):
         """(N, rows, nb_h * nb_w) -> (N, nb_w, nb_h, rows), times scale."""
         n, rows = x.shape[0], x.shape[1]
-        x = self.swap(x.view(n, rows * nb_h, nb_w), _eye(n, nb_w, x.dtype, scale))  # (n, nb_w, rows*nb_h)
-        return self.swap(x.view(n * nb_w, rows, nb_h), _eye(n * nb_w, nb_h, x.dtype)).view(n, nb_w, nb_h, rows)
+        x = self.swap(x.view(n, rows * nb_h, nb_w), identity_stack(n, nb_w, x.dtype, scale))  # (n, nb_w, rows*nb_h)
+        x = self.swap(x.view(n * nb_w, rows, nb_h), identity_stack(n * nb_w, nb_h, x.dtype))  # (n*nb_w, nb_h, rows)
+        return x.view(n, nb_w, nb_h, rows)
 
     def _blocks_last(self, x, nb_h, nb_w):
         """(N, nb_w, nb_h, rows) -> (N, rows, nb_h * nb_w), the inverse of _blocks_first."""
         n, rows = x.shape[0], x.shape[3]
-        x = self.swap(x.view(n * nb_w, nb_h, rows), _eye(n * nb_w, nb_h, x.dtype))  # (n*nb_w, rows, nb_h)
-        x = self.swap(x.view(n, nb_w, rows * nb_h), _eye(n, nb_w, x.dtype))  # (n, rows*nb_h, nb_w)
+        x = self.swap(x.view(n * nb_w, nb_h, rows), identity_stack(n * nb_w, nb_h, x.dtype))  # (n*nb_w, rows, nb_h)
+        x = self.swap(x.view(n, nb_w, rows * nb_h), identity_stack(n, nb_w, x.dtype))  # (n, rows*nb_h, nb_w)
         return x.view(n, rows, nb_h * nb_w)
 
     def _regions(self, x_pad, nb_h, bq_h, r_h, nb_w, bq_w, r_w):
