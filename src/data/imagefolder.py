@@ -18,7 +18,7 @@ import mindspore.dataset as ds
 from ..errors import UserError
 from .augment import OfficialTrainInput
 from .mixup import MixupCutmix
-from .transforms import eval_transforms, fast_train_transforms
+from .transforms import UndecodableImage, eval_transforms, fast_train_transforms
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.JPEG', '.JPG', '.PNG', '.BMP')
 
@@ -55,7 +55,7 @@ def readable_images(path=None, data_dir=None):
     try:
         yield
     except (RuntimeError, OSError) as err:  # OSError: PIL's, when the one file `path` is decoded
-        found, undecodable = _BAD_FILE.search(str(err)), _UNDECODABLE.search(str(err))
+        found, undecodable = _BAD_FILE.search(str(err)), UndecodableImage.PATTERN.search(str(err))
         if path is not None:
             bad = path
         elif found is not None:
@@ -71,9 +71,6 @@ def readable_images(path=None, data_dir=None):
     finally:
         for dump in set(glob.glob(_DECODE_DUMPS)) - before:
             os.remove(dump)
-
-
-_UNDECODABLE = re.compile(r'undecodable image of (\d+) bytes, sha1 ([0-9a-f]{40})')
 
 
 def _file_with_content(folder, size, digest):
@@ -170,9 +167,6 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
                                      **folder)
     if training:
         data = augment(data, cfg, seed, rank)
-    else:
-        data = data.map(eval_transforms(cfg), input_columns='image', num_parallel_workers=cfg.num_workers)
-    if training:
         mix = MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_switch_prob, cfg.label_smoothing,
                           seed=None if seed is None else seed + 7919 * rank, smoothing_over=cfg.label_smoothing_over)
 
@@ -181,4 +175,5 @@ def build_dataset(cfg, split, rank=0, group_size=1, seed=None, class_indexing=No
 
         return data.batch(cfg.batch_size, drop_remainder=True, input_columns=['image', 'label'],
                           per_batch_map=per_batch)
+    data = data.map(eval_transforms(cfg), input_columns='image', num_parallel_workers=cfg.num_workers)
     return data.batch(cfg.eval_batch_size, drop_remainder=False)

@@ -15,6 +15,7 @@ Evaluation has two pipelines, chosen by the config key `eval_pipeline`:
 """
 import hashlib
 import io
+import re
 
 import numpy as np
 from mindspore.dataset import vision
@@ -36,7 +37,13 @@ def eval_resize_size(image_size, crop_pct):
 class UndecodableImage(OSError):
     """PIL cannot read an image. Its message carries the size and SHA-1 of the bytes: a Python op in a
     MindSpore pipeline gets the bytes, not the file, and the error is found again by its content
-    (imagefolder.readable_images)."""
+    (imagefolder.readable_images reads them back with PATTERN)."""
+    PATTERN = re.compile(r'undecodable image of (\d+) bytes, sha1 ([0-9a-f]{40})')
+
+    @classmethod
+    def of(cls, raw, reason):
+        # built with the message alone: MindSpore re-creates an exception raised in a Python op from it
+        return cls(f'undecodable image of {len(raw)} bytes, sha1 {hashlib.sha1(raw).hexdigest()} ({reason})')
 
 
 def decode_rgb(data):
@@ -47,8 +54,7 @@ def decode_rgb(data):
         img = Image.open(io.BytesIO(raw))
         img.load()
     except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for unknown, truncated or broken files
-        raise UndecodableImage(f'undecodable image of {len(raw)} bytes, sha1 {hashlib.sha1(raw).hexdigest()} '
-                               f'({err})') from None
+        raise UndecodableImage.of(raw, err) from None
     return img if img.mode == 'RGB' else img.convert('RGB')  # convert('RGB') of an RGB image is a copy
 
 

@@ -51,12 +51,13 @@ def build_lr_schedule(cfg, global_batch, steps_per_epoch):
     """The per-step learning rates of cfg.lr_schedule. lr, warmup_lr and min_lr are given for
     lr_base_batch images and scaled linearly with the global batch, as the official Swin code scales
     all three."""
-    scale = global_batch / cfg.lr_base_batch
+    def scaled(value):
+        return scaled_lr(value, global_batch, cfg.lr_base_batch)
     if cfg.lr_schedule == 'timm_cosine':
-        return timm_cosine_lr(cfg.lr * scale, steps_per_epoch, cfg.epochs, cfg.warmup_epochs,
-                              cfg.warmup_lr * scale, cfg.min_lr * scale)
+        return timm_cosine_lr(scaled(cfg.lr), steps_per_epoch, cfg.epochs, cfg.warmup_epochs, scaled(cfg.warmup_lr),
+                              scaled(cfg.min_lr))
     if cfg.lr_schedule == 'resnet_cosine':
-        return resnet_cosine_lr(cfg.lr * scale, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+        return resnet_cosine_lr(scaled(cfg.lr), steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
     raise ValueError(f'lr_schedule must be one of {", ".join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}')
 
 

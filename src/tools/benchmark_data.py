@@ -52,6 +52,11 @@ def write_photo_folder(root, count, sizes=PHOTO_SIZES, split='val'):
     return root
 
 
+def split_of(pipeline):
+    """The split a pipeline reads: train/ for the training augmentation, val/ for evaluation."""
+    return 'train' if pipeline.startswith('train') else 'val'
+
+
 def build_pipeline(cfg, pipeline, workers, images):
     """The dataset of one pipeline over the first `images` files of its split, batched by 32."""
     import mindspore.dataset as ds
@@ -59,10 +64,9 @@ def build_pipeline(cfg, pipeline, workers, images):
     from src.config import Config
     from src.data.imagefolder import augment
     from src.data.transforms import eval_transforms
-    training = pipeline.startswith('train')
-    data = ds.ImageFolderDataset(os.path.join(cfg.data_dir, 'train' if training else 'val'), shuffle=False,
+    data = ds.ImageFolderDataset(os.path.join(cfg.data_dir, split_of(pipeline)), shuffle=False,
                                  num_samples=images, num_parallel_workers=1)
-    if training:
+    if split_of(pipeline) == 'train':
         cfg = Config(cfg, num_workers=workers, train_pipeline='fast' if pipeline == 'train_fast' else 'official')
         return augment(data, cfg, seed=0).batch(32)
     return data.map(eval_transforms(Config(cfg, eval_pipeline=pipeline)), input_columns='image',
@@ -98,10 +102,10 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory(prefix='benchmark_data_') as tmp:
         if args.data_dir is None:
-            for split in {'train' if p.startswith('train') else 'val' for p in args.pipelines}:
+            for split in {split_of(p) for p in args.pipelines}:
                 write_photo_folder(tmp, args.images, split=split)
         cfg.data_dir = args.data_dir or tmp
-        for split in {'train' if p.startswith('train') else 'val' for p in args.pipelines}:
+        for split in {split_of(p) for p in args.pipelines}:
             if not os.path.isdir(os.path.join(cfg.data_dir, split)):
                 raise UserError(f'{cfg.data_dir} has no {split}/ folder (the {split} pipelines read it)')
         pipelines = {name: build_pipeline(cfg, name, args.workers, args.images) for name in args.pipelines}
