@@ -88,14 +88,14 @@ from src.engine.context import use_device
 from src.engine.train_step import make_train_step
 from src.engine.loss import SoftTargetCrossEntropy
 from src.layers import LocalAttentionACmix, WindowAttentionACmix, shifted_window_mask
-from src.layers.formulation import layer_norm
+from src.layers.formulation import Formulation
 
 class Net(nn.Cell):
     def __init__(self):
         super().__init__()
         self.local = nn.CellList([LocalAttentionACmix(8, 8, head=2, formulation=f) for f in ('portable', 'cpu')])
         self.window = nn.CellList([WindowAttentionACmix(8, 4, 2, formulation=f) for f in ('portable', 'cpu')])
-        self.norm = nn.CellList([layer_norm(f, 8, 1e-5) for f in ('portable', 'cpu')])
+        self.norm = nn.CellList([Formulation(f).layer_norm(8) for f in ('portable', 'cpu')])
         self.head = nn.Dense(8, 3)
         self.mask = Tensor(shifted_window_mask(8, 8, 4, 2))
 

@@ -234,7 +234,7 @@ def test_formulation_follows_the_device_the_environment_and_the_argument(monkeyp
     assert isinstance(LocalAttentionACmix(8, 8, head=2).attention, BlockedLocalAttention)  # CPU device: cpu
     monkeypatch.setenv('ACMIX_FORMULATION', 'portable')  # read when a layer is built
     assert isinstance(LocalAttentionACmix(8, 8, head=2).attention, LocalAttention)
-    assert WindowAttentionACmix(8, 4, 2).formulation == 'portable'
+    assert WindowAttentionACmix(8, 4, 2).formulation.name == 'portable'
     assert isinstance(LocalAttentionACmix(8, 8, head=2, formulation='cpu').attention, BlockedLocalAttention)
     monkeypatch.setenv('ACMIX_FORMULATION', 'fast')
     with pytest.raises(ValueError, match='ACMIX_FORMULATION must be one of portable, cpu'):

@@ -12,13 +12,13 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from src.layers import GELU, ConvolutionPath, WindowAttentionACmix
-from src.layers import formulation as formulations
 from src.layers.cpu import kernels as cpu_kernels
 from src.layers.cpu import linear as cpu_linear
 from src.layers.cpu.activation import KernelGELU
 from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
 from src.layers.cpu.kernels import SOURCE_DIR, build_library, conv_path_ops, kernels_enabled
 from src.layers.cpu.layer_norm import KernelLayerNorm
+from src.layers.formulation import Formulation
 from src.layers.window_ops import shifted_window_mask, window_partition
 
 needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='no C++ compiler (g++) on PATH')
@@ -235,7 +235,7 @@ def _values_and_grads(net, x, cot):
 def test_layer_norm_kernel_matches_layer_norm(shape):
     rng = np.random.default_rng(0)
     c = shape[-1]
-    ours = formulations.layer_norm('cpu', c, 1e-5)
+    ours = Formulation('cpu').layer_norm(c)
     assert isinstance(ours, KernelLayerNorm)
     ref = nn.LayerNorm((c,), epsilon=1e-5)
     for name in ('gamma', 'beta'):
@@ -254,7 +254,7 @@ def test_gelu_kernel_matches_gelu_and_the_exact_function():
     rng = np.random.default_rng(0)
     x = np.concatenate([np.linspace(-14, 14, 4001), rng.normal(size=3003) * 3]).astype(np.float32)
     cot = Tensor(rng.normal(size=x.shape).astype(np.float32))
-    ours = formulations.gelu('cpu')
+    ours = Formulation('cpu').gelu()
     assert isinstance(ours, KernelGELU)
     (y, dx), (y_ref, dx_ref) = (_values_and_grads(net, Tensor(x), cot) for net in (ours, GELU()))
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-6)
@@ -270,8 +270,8 @@ def test_gelu_kernel_matches_gelu_and_the_exact_function():
 @needs_compiler
 def test_layer_norm_and_gelu_kernels_run_ms_ops_under_mixed_precision():
     x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float16)
-    pairs = [(formulations.layer_norm('cpu', 16, 1e-5), nn.LayerNorm((16,), epsilon=1e-5)),
-             (formulations.gelu('cpu'), GELU())]
+    pairs = [(Formulation('cpu').layer_norm(16), nn.LayerNorm((16,), epsilon=1e-5)),
+             (Formulation('cpu').gelu(), GELU())]
     for ours, ref in pairs:
         got, want = ours(Tensor(x)), ref(Tensor(x))
         assert got.dtype == ms.float16
@@ -281,7 +281,7 @@ def test_layer_norm_and_gelu_kernels_run_ms_ops_under_mixed_precision():
 @pytest.mark.parametrize('shape,has_bias', [((4, 9, 24), True), ((5, 24), True), ((3, 24), False)])
 def test_cpu_dense_is_nn_dense_with_a_matmul_bias_gradient(shape, has_bias):
     rng = np.random.default_rng(0)
-    ours = formulations.dense('cpu', 24, 40, has_bias=has_bias)
+    ours = Formulation('cpu').dense(24, 40, has_bias=has_bias)
     assert isinstance(ours, cpu_linear.Dense)
     ref = nn.Dense(24, 40, has_bias=has_bias)
     for p, q in zip(ours.trainable_params(), ref.trainable_params()):
@@ -297,7 +297,7 @@ def test_cpu_dense_is_nn_dense_with_a_matmul_bias_gradient(shape, has_bias):
 
 def test_cpu_dense_bias_gradient_under_mixed_precision():
     rng = np.random.default_rng(0)
-    ours, ref = formulations.dense('cpu', 8, 4), nn.Dense(8, 4)
+    ours, ref = Formulation('cpu').dense(8, 4), nn.Dense(8, 4)
     for p, q in zip(ours.trainable_params(), ref.trainable_params()):
         p.set_data(q.data)
     x = Tensor(rng.normal(size=(3000, 8)).astype(np.float16))
@@ -310,11 +310,11 @@ def test_cpu_dense_bias_gradient_under_mixed_precision():
 
 @needs_compiler
 def test_formulation_picks_the_kernel_layers_only_on_cpu_and_when_enabled():
-    assert isinstance(formulations.layer_norm('cpu', 8, 1e-5), KernelLayerNorm)
-    assert isinstance(formulations.gelu('cpu'), KernelGELU)
-    for make in (lambda: formulations.layer_norm('portable', 8, 1e-5), lambda: formulations.gelu('portable')):
+    assert isinstance(Formulation('cpu').layer_norm(8), KernelLayerNorm)
+    assert isinstance(Formulation('cpu').gelu(), KernelGELU)
+    for make in (lambda: Formulation('portable').layer_norm(8), lambda: Formulation('portable').gelu()):
         assert not isinstance(make(), (KernelLayerNorm, KernelGELU))
-    assert type(formulations.dense('portable', 8, 4)) is nn.Dense
+    assert type(Formulation('portable').dense(8, 4)) is nn.Dense
     with kernels_enabled(False):
-        assert type(formulations.layer_norm('cpu', 8, 1e-5)) is nn.LayerNorm
-        assert type(formulations.gelu('cpu')) is GELU
+        assert type(Formulation('cpu').layer_norm(8)) is nn.LayerNorm
+        assert type(Formulation('cpu').gelu()) is GELU

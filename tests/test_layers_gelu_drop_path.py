@@ -4,7 +4,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from src.layers import GELU, DropPath
+from src.layers import GELU, resolve_formulation
 
 
 def _value_and_grad(cell, x, cot):
@@ -28,7 +28,7 @@ def test_gelu_is_bit_identical_to_the_exact_nn_gelu():
 
 def test_drop_path_drops_whole_samples_and_scales_the_kept_ones(formulation):
     rng = np.random.default_rng(0)
-    dp = DropPath(0.3, formulation)
+    dp = resolve_formulation(formulation).drop_path(0.3)
     x = rng.normal(size=(64, 5, 3)).astype(np.float32)
     cot = rng.normal(size=x.shape).astype(np.float32)
     dp.set_train(True)
@@ -46,4 +46,5 @@ def test_drop_path_drops_whole_samples_and_scales_the_kept_ones(formulation):
 
 
 def test_drop_path_mask_form_follows_the_formulation(formulation):
-    assert DropPath(0.1, formulation).mask_by_matmul == (formulation == 'cpu')
+    assert resolve_formulation(formulation).drop_path(0.1).mask_by_matmul == (formulation == 'cpu')
+    assert isinstance(resolve_formulation(formulation).drop_path(0.0), nn.Identity)

@@ -20,7 +20,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .conv_path import shift_kernels
-from .formulation import convolution_path, local_attention, resolve_formulation
+from .formulation import resolve_formulation
 
 ACMIX_PATHS = ('both', 'attention', 'conv')
 
@@ -57,7 +57,8 @@ class LocalAttentionACmix(nn.Cell):
         paths: 'both' (attention + convolution summed with learnable rates, the paper's ACmix),
             'attention' (attention path only) or 'conv' (convolution path only).
         learnable_shift: if False the grouped convolution keeps its shift kernels fixed.
-        formulation: 'portable', 'cpu' or None (the device target decides; see formulation.py).
+        formulation: 'portable', 'cpu', a Formulation, or None (the device target decides; see
+            formulation.py).
 
     Input (B, in_planes, H, W); output (B, out_planes, ceil(H/stride), ceil(W/stride)).
     Parameter names follow the official module, so converted state_dicts load directly.
@@ -91,8 +92,8 @@ class LocalAttentionACmix(nn.Cell):
             self.conv_p = nn.Conv2d(2, self.head_dim, 1, pad_mode='valid', has_bias=True)
             self.padding_att = (dilation * (kernel_att - 1) + 1) // 2
             # As in the official code the scale sits on q, so it also scales the positional term.
-            self.attention = local_attention(self.formulation, head, self.head_dim, kernel_att, stride,
-                                             dilation, float(self.head_dim) ** -0.5)
+            self.attention = self.formulation.local_attention(head, self.head_dim, kernel_att, stride, dilation,
+                                                              float(self.head_dim) ** -0.5)
         if self.use_conv:
             # The official fc has no bias in the ResNet layer (the Swin layer has one).
             self.fc = nn.Conv2d(3 * head, kernel_conv * kernel_conv, 1, pad_mode='valid', has_bias=False)
@@ -104,8 +105,8 @@ class LocalAttentionACmix(nn.Cell):
                 group=self.head_dim, has_bias=False,
                 weight_init=Tensor(shift_kernels(out_planes, kernel_conv)))
             self.dep_conv.weight.requires_grad = learnable_shift
-            self.conv_path = convolution_path(self.formulation, head, self.head_dim, out_planes, kernel_conv,
-                                              stride, dilation)
+            self.conv_path = self.formulation.convolution_path(head, self.head_dim, out_planes, kernel_conv, stride,
+                                                               dilation)
         if self.use_att and self.use_conv:
             self.rate1, self.rate2 = mixing_rates()
 

@@ -2,8 +2,6 @@
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .formulation import resolve_formulation
-
 
 class DropPath(nn.Cell):
     """Zero a residual branch for a random subset of samples in training, scaling the kept ones
@@ -14,18 +12,18 @@ class DropPath(nn.Cell):
     'cpu' one, as a batched matmul with an inner dimension of 1, (B, M, 1) x (B, 1, 1), which
     multiplies each element by its sample's mask value just the same: on CPU a broadcasting Mul
     keeps index tables of 16 bytes per element for the graph's life (about 1.1 GB in a Swin-T
-    training step together with the Div), the matmul none. formulation: 'portable', 'cpu' or None
-    (see formulation.py).
+    training step together with the Div), the matmul none. The formulation (formulation.py) sets
+    mask_by_matmul.
     """
 
-    def __init__(self, drop_prob=0.0, formulation=None):
+    def __init__(self, drop_prob=0.0, mask_by_matmul=False):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
         self.keep_prob = 1.0 - drop_prob
         self.keep = Tensor(self.keep_prob, ms.float32)
         self.real_div = ops.RealDiv()
-        self.mask_by_matmul = resolve_formulation(formulation) == 'cpu'
+        self.mask_by_matmul = mask_by_matmul
         self.bmm = ops.BatchMatMul()
 
     def construct(self, x):

@@ -17,17 +17,15 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .acmix import acmix_paths, check_odd, mixing_rates
 from .conv_path import shift_kernels
-from .formulation import convolution_path, linear, resolve_formulation
-from .formulation import dense as formulation_dense
+from .formulation import resolve_formulation
 from .precision import cast_to, float32_if_half
 from .window_ops import relative_position_index, window_partition, window_reverse_heads
 
 
-def dense(in_features, out_features, has_bias=True, formulation=None):
-    """nn.Dense with Swin's init, trunc_normal(std=.02) weights and zero bias, in the given formulation
-    (None: the device target decides)."""
-    return formulation_dense(resolve_formulation(formulation), in_features, out_features,
-                             weight_init=TruncatedNormal(0.02), bias_init='zeros', has_bias=has_bias)
+def swin_dense_init():
+    """Swin's init of its Dense layers (timm's _init_weights): trunc_normal(std=.02) weights, zero bias;
+    keyword arguments of Formulation.dense."""
+    return dict(weight_init=TruncatedNormal(0.02), bias_init='zeros')
 
 
 class WindowAttention(nn.Cell):
@@ -40,7 +38,8 @@ class WindowAttention(nn.Cell):
         qkv_bias: bias on the qkv projection.
         qk_scale: overrides head_dim ** -0.5.
         attn_drop, proj_drop: dropout rates.
-        formulation: 'portable', 'cpu' or None (the device target decides; see formulation.py): how the
+        formulation: 'portable', 'cpu', a Formulation, or None (the device target decides; see
+            formulation.py): how the
             qkv and proj Dense layers take their bias gradients.
 
     construct(x, mask=None): x (B, H, W, C) with H, W multiples of window_size; mask None or a
@@ -58,7 +57,7 @@ class WindowAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
-        self.qkv = dense(dim, 3 * dim, has_bias=qkv_bias, formulation=self.formulation)
+        self.qkv = self.formulation.dense(dim, 3 * dim, has_bias=qkv_bias, **swin_dense_init())
         self._init_attention(attn_drop)
         self.proj_drop = nn.Dropout(p=proj_drop)
 
@@ -70,8 +69,8 @@ class WindowAttention(nn.Cell):
         # A constant Tensor, not a Parameter: it stays out of checkpoints and optimizers.
         self.relative_position_index = Tensor(relative_position_index(ws).reshape(-1), ms.int32)
         self.attn_drop = nn.Dropout(p=attn_drop)
-        self.proj = dense(self.dim, self.dim, formulation=self.formulation)
-        self.linear = linear(self.formulation)  # proj's computation, with scaled weights
+        self.proj = self.formulation.dense(self.dim, self.dim, **swin_dense_init())
+        self.linear = self.formulation.linear()  # proj's computation, with scaled weights
         self.bmm = ops.BatchMatMul()
         self.bmm_nt = ops.BatchMatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
@@ -139,7 +138,8 @@ class WindowAttentionACmix(WindowAttention):
         kernel_conv: kernel of the convolution path (odd; the official code hard-codes 3).
         paths: 'both' (default, summed with learnable rates), 'attention' or 'conv'.
         learnable_shift: if False the grouped convolution keeps its shift kernels fixed.
-        formulation: 'portable', 'cpu' or None (the device target decides; see formulation.py).
+        formulation: 'portable', 'cpu', a Formulation, or None (the device target decides; see
+            formulation.py).
     """
 
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0.0,
@@ -158,8 +158,8 @@ class WindowAttentionACmix(WindowAttention):
                                       padding=kernel_conv // 2, group=self.head_dim, has_bias=False,
                                       weight_init=Tensor(shift_kernels(dim, kernel_conv)))
             self.dep_conv.weight.requires_grad = learnable_shift
-            self.conv_path = convolution_path(self.formulation, num_heads, self.head_dim, dim, kernel_conv,
-                                              channels_last=True)
+            self.conv_path = self.formulation.convolution_path(num_heads, self.head_dim, dim, kernel_conv,
+                                                               channels_last=True)
         # A convolution path that reads a window-partitioned qkv lets both paths share the qkv of the
         # partitioned C-wide input, as the plain attention does; otherwise the 3C-wide qkv of the
         # whole map is partitioned for the attention (on CPU a Transpose keeps a table of 8 bytes

@@ -5,7 +5,7 @@ from functools import partial
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, initializer
 
-from ..layers import LocalAttentionACmix
+from ..layers import LocalAttentionACmix, resolve_formulation
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
 from .registry import InputSizeError, register_model
 
@@ -95,7 +95,8 @@ class ResNet(nn.Cell):
             raise ValueError('replace_stride_with_dilation needs one flag for each of stages 2-4')
         if acmix:
             mixer = partial(_acmix_mixer, kernel_att=kernel_att, head=head, kernel_conv=kernel_conv,
-                            paths=paths, learnable_shift=learnable_shift, formulation=formulation)
+                            paths=paths, learnable_shift=learnable_shift,
+                            formulation=resolve_formulation(formulation))  # resolved once for every layer
         else:
             mixer = conv3x3
         self.stem = stem

@@ -5,24 +5,16 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..layers import (
-    DropPath,
     WindowAttention,
     WindowAttentionACmix,
     resolve_formulation,
     roll_hw,
     shifted_window_mask,
 )
-from ..layers.formulation import gelu
-from ..layers.formulation import layer_norm as formulation_layer_norm
 from ..layers.padding import zero_pad_axis
-from ..layers.window_acmix import dense
+from ..layers.window_acmix import swin_dense_init
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
 from .registry import InputSizeError, register_model
-
-
-def layer_norm(dim, formulation=None):
-    # MindSpore's default epsilon is 1e-7; Swin uses torch's 1e-5.
-    return formulation_layer_norm(resolve_formulation(formulation), dim, 1e-5)
 
 
 def _pair(size):
@@ -57,12 +49,14 @@ def pad_bottom_right(x, h_axis, pad_h, pad_w):
     return zero_pad_axis(zero_pad_axis(x, h_axis, 0, pad_h), h_axis + 1, 0, pad_w)
 
 
+# The blocks below take the model's resolved Formulation (src/layers/formulation.py): it builds their
+# LayerNorms (torch's epsilon), GELUs, Dense layers and DropPath, and their attention's layers.
 class Mlp(nn.Cell):
-    def __init__(self, dim, hidden, drop=0.0, formulation=None):
+    def __init__(self, dim, hidden, formulation, drop=0.0):
         super().__init__()
-        self.fc1 = dense(dim, hidden, formulation=formulation)
-        self.act = gelu(resolve_formulation(formulation))  # exact (erf), as torch's default
-        self.fc2 = dense(hidden, dim, formulation=formulation)
+        self.fc1 = formulation.dense(dim, hidden, **swin_dense_init())
+        self.act = formulation.gelu()  # exact (erf), as torch's default
+        self.fc2 = formulation.dense(hidden, dim, **swin_dense_init())
         self.drop = nn.Dropout(p=drop)
 
     def construct(self, x):
@@ -77,12 +71,11 @@ class SwinBlock(nn.Cell):
     224 px the last stage is one 7x7 window). Otherwise a side the window does not divide is
     zero-padded at the bottom/right after norm1, shifted, attended and cropped back, as in the
     official Swin detection backbone (which has no such rule); the shift mask is built for the
-    padded size. formulation ('portable', 'cpu' or None: the device target decides) applies to the
-    attention, the LayerNorms, the Dense layers and DropPath."""
+    padded size."""
 
-    def __init__(self, dim, resolution, num_heads, window_size, shift_size, mlp_ratio=4.0,
+    def __init__(self, dim, resolution, num_heads, window_size, shift_size, formulation, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0,
-                 acmix=True, formulation=None, **acmix_kwargs):
+                 acmix=True, **acmix_kwargs):
         super().__init__()
         self.resolution = resolution
         side = min(resolution)
@@ -92,14 +85,13 @@ class SwinBlock(nn.Cell):
         h, w = resolution
         self.padded_resolution = (_ceil_div(h, window_size) * window_size, _ceil_div(w, window_size) * window_size)
         self.pad = (self.padded_resolution[0] - h, self.padded_resolution[1] - w)
-        formulation = resolve_formulation(formulation)
-        self.norm1 = layer_norm(dim, formulation)
+        self.norm1 = formulation.layer_norm(dim)
         attn_cls = WindowAttentionACmix if acmix else WindowAttention
         self.attn = attn_cls(dim, window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
                              attn_drop=attn_drop, proj_drop=drop, formulation=formulation, **acmix_kwargs)
-        self.drop_path = DropPath(drop_path, formulation) if drop_path > 0 else nn.Identity()
-        self.norm2 = layer_norm(dim, formulation)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, formulation)
+        self.drop_path = formulation.drop_path(drop_path)
+        self.norm2 = formulation.layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), formulation, drop)
         self.attn_mask = None
         if shift_size > 0:
             self.attn_mask = Tensor(shifted_window_mask(*self.padded_resolution, window_size, shift_size), ms.float32)
@@ -127,14 +119,13 @@ class PatchMerging(nn.Cell):
     bottom/right first (as the official detection backbone). The four neighbours are taken by
     reshaping rather than strided slicing, whose gradient crashes on CPU."""
 
-    def __init__(self, resolution, dim, formulation=None):
+    def __init__(self, resolution, dim, formulation):
         super().__init__()
         self.resolution = resolution
         h, w = resolution
         self.pad = (h % 2, w % 2)
-        formulation = resolve_formulation(formulation)
-        self.norm = layer_norm(4 * dim, formulation)
-        self.reduction = dense(4 * dim, 2 * dim, has_bias=False, formulation=formulation)
+        self.norm = formulation.layer_norm(4 * dim)
+        self.reduction = formulation.dense(4 * dim, 2 * dim, has_bias=False, **swin_dense_init())
 
     def construct(self, x):
         b, _, c = x.shape
@@ -152,13 +143,13 @@ class BasicLayer(nn.Cell):
     """A stage: its blocks, then the patch merging into the next one. construct returns both the
     stage's output and the merged map (the output itself for the last stage)."""
 
-    def __init__(self, dim, resolution, depth, num_heads, window_size, drop_path, downsample, formulation=None,
+    def __init__(self, dim, resolution, depth, num_heads, window_size, drop_path, downsample, formulation,
                  **kwargs):
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.CellList([
-            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                      drop_path=drop_path[i], formulation=formulation, **kwargs) for i in range(depth)])
+            SwinBlock(dim, resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, formulation,
+                      drop_path=drop_path[i], **kwargs) for i in range(depth)])
         self.downsample = PatchMerging(resolution, dim, formulation) if downsample else None
 
     def construct(self, x):
@@ -173,13 +164,13 @@ class PatchEmbed(nn.Cell):
     """Non-overlapping patch projection + LayerNorm; the image is zero-padded at the bottom/right
     to a multiple of the patch size first (as the official detection backbone)."""
 
-    def __init__(self, img_size, patch_size, in_chans, embed_dim, formulation=None):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, formulation):
         super().__init__()
         h, w = img_size
         self.pad = (-h % patch_size, -w % patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode='valid',
                               has_bias=True)
-        self.norm = layer_norm(embed_dim, formulation)
+        self.norm = formulation.layer_norm(embed_dim)
 
     def construct(self, x):
         if self.pad != (0, 0):
@@ -219,23 +210,23 @@ class SwinTransformer(nn.Cell):
             raise ValueError(f'depths {depths} and num_heads {num_heads} differ in length')
         self.img_size = _pair(img_size)
         self.resolutions = tuple(stage_resolutions(self.img_size, patch_size, len(depths)))
-        self.formulation = formulation = resolve_formulation(formulation)
+        self.formulation = formulation = resolve_formulation(formulation)  # builds the layers below
         self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, formulation)
         self.pos_drop = nn.Dropout(p=drop_rate)
         dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
         acmix_kwargs = dict(kernel_conv=kernel_conv, paths=paths, learnable_shift=learnable_shift) if acmix else {}
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
-        layers = []
+        stages = []
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
-            layers.append(BasicLayer(
+            stages.append(BasicLayer(
                 dims[i], self.resolutions[i], depth, num_heads[i], window_size,
-                dpr[start:start + depth], downsample=i < len(depths) - 1, mlp_ratio=mlp_ratio,
+                dpr[start:start + depth], i < len(depths) - 1, formulation, mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
-                acmix=acmix, formulation=formulation, **acmix_kwargs))
-        self.layers = nn.CellList(layers)
+                acmix=acmix, **acmix_kwargs))
+        self.layers = nn.CellList(stages)
         # whether some map is zero-padded: not a size the official classification model takes
-        pads = [self.patch_embed.pad] + [cell.pad for layer in layers for cell in
+        pads = [self.patch_embed.pad] + [cell.pad for layer in stages for cell in
                                          list(layer.blocks) + ([layer.downsample] if layer.downsample else [])]
         self.padded = any(pad != (0, 0) for pad in pads)
         self.num_features = dims[-1]
@@ -247,13 +238,13 @@ class SwinTransformer(nn.Cell):
                                              [f'layers.{i}' for i in range(len(depths))], self.out_indices)
             self.out_norm_names = tuple(f'norm{i}' for i in self.out_indices)
             for name, i in zip(self.out_norm_names, self.out_indices):
-                setattr(self, name, layer_norm(dims[i], formulation))
+                setattr(self, name, formulation.layer_norm(dims[i]))
             # a classification checkpoint has the final norm and head, and no per-output norms
             self.checkpoint_skip_prefixes = ('norm.', 'head.')
             self.optional_checkpoint_prefixes = tuple(name + '.' for name in self.out_norm_names)
             self.num_classes = 0
         else:
-            self.norm = layer_norm(self.num_features, formulation)
+            self.norm = formulation.layer_norm(self.num_features)
             self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes):
@@ -262,8 +253,8 @@ class SwinTransformer(nn.Cell):
         if self.features_only:
             raise ValueError('a features_only model has no classifier')
         self.num_classes = num_classes
-        self.head = dense(self.num_features, num_classes, formulation=self.formulation) if num_classes > 0 \
-            else nn.Identity()
+        self.head = (self.formulation.dense(self.num_features, num_classes, **swin_dense_init()) if num_classes > 0
+                     else nn.Identity())
         forget_compiled_graphs(self)
 
     def _embed(self, x):
