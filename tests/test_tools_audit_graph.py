@@ -81,13 +81,45 @@ def test_the_cpu_formulation_fails_the_audit():
     assert 'constant operand' in cpu.stdout and 'src/layers/cpu/local_attention.py' in cpu.stdout
 
 
+# Swin-S and its ACmix twin are Swin-T's layers, each with the same settings, repeated more often (stage 3
+# has 18 blocks instead of 6; only stochastic depth's rates differ), in the same recipe: their graphs
+# hold the primitives of Swin-T's, the audit of which proves them (test_repeats_the_layers_of...
+# checks that premise, in a second). Auditing them too took 5 minutes of CI's CPU time. The ResNets are
+# all audited: a deeper ResNet has blocks the shallower one lacks (stage 1 of ResNet-26 has one block).
+REPEATS_THE_LAYERS_OF = {'acmix_swin_small': 'acmix_swin_tiny', 'swin_small': 'swin_tiny'}
+
+
+def _layer_settings(arch):
+    """{(Cell class, its public scalar settings)} of arch as the audit builds it (portable formulation,
+    its config's size), stochastic depth's rate left out."""
+    from mindspore.nn.utils import no_init_parameters
+
+    from src.models import build_model
+    with no_init_parameters():
+        net = build_model(audit_graph._audit_config(arch, None))
+    def scalar(v):
+        return isinstance(v, (bool, int, float, str)) or (isinstance(v, tuple) and all(map(scalar, v)))
+    return {(type(cell).__name__, tuple(sorted((k, v) for k, v in vars(cell).items()
+                                               if not k.startswith('_') and k != 'keep_prob' and scalar(v))))
+            for _, cell in net.cells_and_names()}
+
+
+@pytest.mark.parametrize('deeper, audited', sorted(REPEATS_THE_LAYERS_OF.items()))
+def test_repeats_the_layers_of_an_audited_model(deeper, audited):
+    from src.config import load_config
+    assert _layer_settings(deeper) == _layer_settings(audited)
+    shipped = [load_config(str(ROOT / 'config' / f'{arch}.yaml')) for arch in (deeper, audited)]
+    differ = {k for k in shipped[0] if shipped[0][k] != shipped[1].get(k)}
+    assert differ == {'arch', 'drop_path_rate', 'output_dir'}, differ  # the same optimizer, clipping, amp
+
+
 @pytest.mark.slow
 @pytest.mark.long
-@pytest.mark.parametrize('arch', list_models())
+@pytest.mark.parametrize('arch', [arch for arch in list_models() if arch not in REPEATS_THE_LAYERS_OF])
 def test_every_registered_model_passes_the_audit(arch):
-    """What CI checks for every model: training (O0 and O2, loss scaling on) and inference, for
-    Ascend and GPU, in the portable formulation. One test per model, so that the models' audits
-    spread over the test workers."""
+    """What CI checks for every model (but those that repeat an audited one's layers, above): training
+    (O0 and O2, loss scaling on) and inference, for Ascend and GPU, in the portable formulation. One
+    test per model, so that the models' audits spread over the test workers."""
     proc = subprocess.run([sys.executable, '-m', 'src.tools.audit_graph', '--arch', arch],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
