@@ -3,7 +3,8 @@
     python train.py --config config/acmix_resnet26.yaml --data_dir /data/imagenet [--key value ...]
 
 Graph mode by default (--mode pynative for debugging). Launched by msrun (or with an Ascend rank
-table) it trains data parallel; only rank 0 writes logs and checkpoints. SIGTERM or SIGINT (Ctrl-C)
+table) it trains data parallel; rank 0 writes the log, and checkpoints are written by rank 0 and by one
+rank of each server that does not share its output_dir (src/engine/ranks.py). SIGTERM or SIGINT (Ctrl-C)
 stops it after the current step with a checkpoint of the exact position; `--resume auto` continues.
 Exit codes: 0 done or stopped on request, 2 bad input, 1 a write the machine refused (disk full).
 """

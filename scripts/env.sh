@@ -9,15 +9,20 @@
 #                          a launcher's usage check, before any set-up: with fewer than the named
 #                          required arguments (GOT is the launcher's $#), one `error: ...` line
 #                          naming the missing ones, then the usage lines, on stderr; exit code 2.
-#   acmix_msrun DEVICE_NUM LOG_DIR TRAIN_ARG...
-#                          replaces the shell (exec) with msrun running train.py TRAIN_ARG... in
-#                          DEVICE_NUM local workers of one job, logs in LOG_DIR. Run from the project
+#   acmix_msrun DEVICE_NUM LOG_DIR SCRIPT ARG...
+#                          runs msrun with SCRIPT ARG... (train.py or eval.py) in DEVICE_NUM local workers
+#                          of one job, logs in LOG_DIR, and returns its exit code. Run from the project
 #                          root. Several nodes (servers): run it on every node with NODE_NUM (nodes in
 #                          the job, default 1), NODE_RANK (this node's, 0..NODE_NUM-1) and MASTER_ADDR
 #                          (node 0's address; default 127.0.0.1, which only a one-node job may leave
 #                          out); the job has NODE_NUM x DEVICE_NUM workers. MASTER_PORT: default 8118.
-#                          DRY_RUN=1 prints the msrun command and starts nothing; an inconsistent
-#                          setting is one `error: ...` line and exit code 2.
+#                          SIGTERM or SIGINT to the launcher reaches every worker of this node as
+#                          SIGUSR1, a stop request (train.py stops after its step, with a checkpoint);
+#                          a second one as SIGKILL. msrun itself passes no signal on; it runs in a
+#                          session of its own, so a terminal's Ctrl-C goes through the launcher too.
+#                          DRY_RUN=1 prints the msrun
+#                          command and starts nothing; an inconsistent setting is one `error: ...` line
+#                          and exit code 2.
 ACMIX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"   # else oneDNN convs are ~100x slower on AVX-512 CPUs
 export GLOG_v="${GLOG_v:-3}"                               # MindSpore's warning flood off
@@ -80,7 +85,7 @@ acmix_need_args() {
 }
 
 acmix_msrun() {
-    local workers=$1 log_dir=$2; shift 2
+    local workers=$1 log_dir=$2 script=$3; shift 3
     local nodes=${NODE_NUM:-1} node_rank=${NODE_RANK:-0} port=${MASTER_PORT:-8118}
     local fail=""
     if ! [[ "$nodes" =~ ^[1-9][0-9]*$ ]]; then
@@ -96,11 +101,31 @@ acmix_msrun() {
     local cmd=(msrun --worker_num="$((workers * nodes))" --local_worker_num="$workers"
                --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$port")
     [ "$nodes" -gt 1 ] && cmd+=(--node_rank="$node_rank")
-    cmd+=(--log_dir="$log_dir" --join=True train.py "$@")
+    cmd+=(--log_dir="$log_dir" --join=True "$script" "$@")
     if [ "${DRY_RUN:-0}" = 1 ]; then
         echo "node $node_rank of $nodes: $(printf '%q ' "${cmd[@]}")"
         echo "dry run: nothing started"
         exit 0
     fi
-    exec "${cmd[@]}"
+    setsid --wait "${cmd[@]}" &
+    local msrun_pid=$! rc
+    ACMIX_SIGNALS=0
+    trap "acmix_stop_workers $msrun_pid $script" TERM INT
+    while :; do
+        rc=0; wait "$msrun_pid" || rc=$?
+        kill -0 "$msrun_pid" 2>/dev/null || break   # else a trapped signal ended the wait early
+    done
+    trap - TERM INT
+    return "$rc"
+}
+
+# acmix_stop_workers PID SCRIPT: the first call asks the msrun workers below PID that run SCRIPT to
+# stop (SIGUSR1), the next ends them (SIGKILL).
+acmix_stop_workers() {
+    ACMIX_SIGNALS=$((ACMIX_SIGNALS + 1))
+    local sig=USR1
+    [ "$ACMIX_SIGNALS" = 1 ] || sig=KILL
+    local pids
+    pids=$("$PY" -m src.tools.msrun_workers "$1" "$2" --signal "$sig" 2>&1 | tr '\n' ' ') || true
+    echo "asked the workers to stop (SIG$sig): ${pids:-none found}" >&2
 }

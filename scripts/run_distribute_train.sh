@@ -9,7 +9,8 @@
 # it must list DEVICE_NUM devices for this server; a table with several servers needs SERVER_ID set to
 # this machine's server_id). RANK_SIZE is the number of devices in the whole table. Each rank runs in
 # its own folder, <output_dir>/rank_<RANK_ID>/, and logs to train.log there. DRY_RUN=1 prints each
-# rank's command and environment and starts nothing.
+# rank's command and environment (after one line per server of the table: its ranks and devices) and
+# starts nothing. Several servers: rank ids go server by server in the order of server_list.
 # msrun: logs in <output_dir>/msrun_log/. Several servers: run the same command on each with NODE_NUM,
 # NODE_RANK (0 on the master) and MASTER_ADDR (the master's address); DEVICE_NUM is per server, and
 # DRY_RUN=1 prints this server's msrun command (scripts/env.sh, acmix_msrun).
@@ -29,12 +30,14 @@ cd "$ACMIX_ROOT"
 export ACMIX_CWD="$ACMIX_ROOT"
 OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
 if [ "$MODE" = msrun ]; then
-    acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@"
+    acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" train.py --config "$CONFIG" --data_dir "$DATA" --device_target Ascend "$@"
+    exit 0  # (a failed msrun has ended the script with its exit code: set -e)
 fi
 TABLE=$(realpath -m "$MODE")
 # lines: RANK_ID DEVICE_ID RANK_SIZE; a bad table is the tool's one-line error and its exit code (2)
 RANKS=$("$PY" -m src.tools.rank_table "$TABLE" "$DEVICE_NUM") || exit $?
 mapfile -t RANKS <<< "$RANKS"
+[ "${DRY_RUN:-0}" = 1 ] && "$PY" -m src.tools.rank_table "$TABLE" "$DEVICE_NUM" --servers
 pids=(); logs=()
 for line in "${RANKS[@]}"; do
     read -r rank device size <<< "$line"
@@ -54,10 +57,18 @@ done
 if [ "${DRY_RUN:-0}" = 1 ]; then echo "dry run: nothing started"; exit 0; fi
 echo "started ${#pids[@]} ranks of $size; logs in $OUT/rank_*/train.log"
 # A scheduler that signals only this script (Kubernetes signals a container's first process) must
-# still reach the ranks: each stops after its current step, with a checkpoint. Not run on Ascend here.
-forward() { echo "passing SIG$1 on to the ranks" >&2; kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
-trap 'forward TERM' TERM
-trap 'forward INT' INT
+# still reach the ranks: SIGUSR1, a stop request (each stops after its current step, with a checkpoint)
+# that never counts as a second signal to a rank the scheduler signalled too; asked again, SIGKILL.
+# Not run on Ascend here.
+signals=0
+forward() {
+    signals=$((signals + 1))
+    local sig=USR1
+    [ "$signals" = 1 ] || sig=KILL
+    echo "asking the ranks to stop (SIG$sig)" >&2
+    kill -s "$sig" "${pids[@]}" 2>/dev/null || true
+}
+trap forward TERM INT
 status=0
 for i in "${!pids[@]}"; do
     while :; do

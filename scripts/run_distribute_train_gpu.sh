@@ -14,5 +14,5 @@ DEVICE_NUM=8
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then DEVICE_NUM=$1; shift; fi
 cd "$ACMIX_ROOT"
 OUT=$(acmix_config_value output_dir "$CONFIG" "$@")
-acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" \
+acmix_msrun "$DEVICE_NUM" "$OUT/msrun_log" train.py \
     --config "$CONFIG" --data_dir "$DATA" --device_target "${DEVICE_TARGET:-GPU}" "$@"

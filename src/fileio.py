@@ -104,6 +104,18 @@ def check_writable(folder):
             os.remove(probe)
 
 
+def claim_file(path):
+    """Create the empty file `path` unless it exists: True when this call created it. Creation is
+    exclusive (O_EXCL), also on NFS: of several processes claiming one path, exactly one gets True."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise OutputWriteError(f'cannot create {path}: {_reason(err)}') from None
+
+
 def remove_stale_temporaries(folder):
     """Remove temporary files an interrupted write left in `folder`; returns their paths."""
     removed = []

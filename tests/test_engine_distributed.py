@@ -1,7 +1,9 @@
 """Data parallelism for real: train.py under msrun with 2 CPU workers over 127.0.0.1. With data
 parallelism both ranks end with identical weights; without it (data_parallel=false, each rank on
 its own shard) they differ, so the first result is not an accident. Under loss scaling both ranks
-skip the same steps, and the overflow decision they share is the reduction of their local ones."""
+skip the same steps, and the overflow decision they share is the reduction of their local ones.
+Two "servers" on this machine (the launchers with NODE_NUM=2, separate output folders) train as one
+server of two workers, stop on SIGTERM and resume from their own folders, and evaluate as one process."""
 import json
 import os
 import re
@@ -110,68 +112,6 @@ def test_msrun_overflow_decision_is_reduced_over_ranks(tmp_path):
         assert reduced == str(case == 'none'), (rank, case, reduced)
 
 
-def _msrun_workers(msrun_pid):
-    """PIDs of msrun's training workers (not its scheduler process, which runs the same script)."""
-    pids = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                parent = int(f.read().rsplit(')', 1)[1].split()[1])
-            with open(f'/proc/{entry}/environ', 'rb') as f:
-                environ = f.read().split(b'\0')
-            with open(f'/proc/{entry}/cmdline', 'rb') as f:
-                command = f.read().split(b'\0')
-        except OSError:
-            continue
-        # msrun's `tail -f` of each worker log inherits MS_ROLE too.
-        if parent == msrun_pid and b'MS_ROLE=MS_WORKER' in environ and any(b'train.py' in a for a in command):
-            pids.append(int(entry))
-    return pids
-
-
-@needs_msrun
-def test_msrun_sigterm_stops_every_rank_at_one_step_with_a_checkpoint_that_resumes(tiny_imagefolder, tmp_path):
-    # A scheduler (Slurm's scancel, a node drain) signals every process of the job. msrun 2.10 itself
-    # dies on SIGTERM without passing it on, so the ranks are signalled directly, as the scheduler does.
-    out = str(tmp_path)
-    cmd, env = _msrun_command(_train_args(tiny_imagefolder, out, True, '--epochs', '40', '--log_interval', '2'), out)
-    proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and 'epoch 2/40 step' not in _worker_logs(out).get(0, ''):
-            assert proc.poll() is None, _worker_logs(out)
-            time.sleep(0.05)
-        workers = _msrun_workers(proc.pid)
-        assert len(workers) == 2, workers
-        for pid in workers:
-            os.kill(pid, signal.SIGTERM)
-        signalled = time.time()
-        code = proc.wait(timeout=60)
-        assert time.time() - signalled < 60
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    logs = _worker_logs(out)
-    assert code == 0, logs
-    rank0 = re.search(r'stopped by SIGTERM at (.+?); checkpoint (\S+)\. Run the same command', logs[0])
-    rank1 = re.search(r'rank 1 stopped by (?:SIGTERM|a stop request on another rank) at (.+)', logs[1])
-    assert rank0 and rank1, logs
-    assert rank0.group(1) == rank1.group(1).strip()  # the same step on both ranks
-    checkpoint = rank0.group(2)
-    assert os.path.isfile(checkpoint)
-    stopped_epoch = int(re.search(r'epoch (\d+)', rank0.group(1)).group(1))
-    os.rename(os.path.join(out, 'msrun_log'), os.path.join(out, 'msrun_log_stopped'))
-
-    # It resumes, on both ranks, and they end with the same weights.
-    resumed = _msrun(_train_args(tiny_imagefolder, out, True, '--epochs', str(stopped_epoch + 1),
-                                 '--resume', 'auto'), out)
-    assert f'resumed from {checkpoint}' in resumed
-    prints = dict(re.findall(r'rank (\d)/2: final weights fingerprint (.+)', resumed))
-    assert sorted(prints) == ['0', '1'] and prints['0'] == prints['1'], resumed[-3000:]
-
-
 @pytest.fixture(scope='module')
 def eleven_images_evaluated_alone(tiny_imagefolder, tmp_path_factory):
     """(eval.py arguments, its JSON line in one process) for an untrained resnet_mini on 11 images: 11
@@ -210,3 +150,166 @@ def test_msrun_validation_counts_every_image_once(eleven_images_evaluated_alone,
     assert split['loss'] == pytest.approx(alone['loss'], rel=1e-6)
     assert 0 < alone['top1'] < 1
     print(f"single process and 2 ranks: top-1 {alone['top1']:.4f}, top-5 {alone['top5']:.4f}, 11 images")
+
+
+# ----------------------------------------------------------------------------- several nodes
+# Two "nodes" on this machine: two launcher invocations (scripts/run_distribute_*.sh) with NODE_NUM=2,
+# NODE_RANK 0 and 1 and one worker each, every node with its own output folder (nothing shared, as
+# on servers without a shared filesystem). The launchers are the ones users run, with
+# DEVICE_TARGET=CPU. msrun starts the job's scheduler on the node whose own address MASTER_ADDR is:
+# here that would be both nodes, and the second scheduler could not bind the port. So MASTER_ADDR is
+# 127.0.0.2 (reachable, but not an address of an interface: no msrun starts a scheduler) and the
+# test starts the scheduler msrun would have started on the master, listening there.
+TRAIN_OVERRIDES = ['--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--batch_size', '4',
+                   '--epochs', '2', '--warmup_epochs', '1', '--crop_pct', '1.0', '--num_workers', '1',
+                   '--eval_interval', '0', '--log_interval', '2', '--keep_checkpoint_max', '2']
+
+
+def _launcher_env(**extra):
+    return dict(os.environ, PYTHON=sys.executable, DEVICE_TARGET='CPU', GLOG_v='3', MS_RETRY_INTERVAL_LOWER='1',
+                MS_RETRY_INTERVAL_UPPER='1', **extra)
+
+
+def _launch(script, args, node_env, log):
+    """Starts scripts/<script> ARGS... as one node; its output goes to the file `log`."""
+    with open(log, 'w') as out:
+        return subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', script), *args], cwd=ROOT,
+                                env=_launcher_env(**node_env), stdout=out, stderr=subprocess.STDOUT)
+
+
+MASTER_ADDR = '127.0.0.2'
+
+
+def _nodes(script, args_of_node, tmp_path, name, extra_env_of_node=lambda i: {}):
+    """Starts the job's scheduler and two nodes of one worker each (node i: script args_of_node(i));
+    returns the processes, the scheduler last."""
+    port = str(_free_port())
+    with open(tmp_path / f'{name}_scheduler.log', 'w') as log:
+        scheduler = subprocess.Popen(
+            [sys.executable, '-c', 'from mindspore.communication import init; init()'], cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT, env=_launcher_env(MS_ROLE='MS_SCHED', MS_SCHED_HOST=MASTER_ADDR,
+                                                        MS_SCHED_PORT=port, MS_WORKER_NUM='2', RANK_ID='0'))
+    nodes = [_launch(script, args_of_node(i), dict(NODE_NUM='2', NODE_RANK=str(i), MASTER_ADDR=MASTER_ADDR,
+                                                   MASTER_PORT=port, **extra_env_of_node(i)),
+                     tmp_path / f'{name}_node{i}.log')
+             for i in range(2)]
+    return nodes + [scheduler]
+
+
+def _finish(procs, what, logs_of):
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0] * len(procs), f'{what}: exit codes {codes}\n' + logs_of()[-4000:]
+
+
+def _train_nodes(data, tmp_path, name, *extra, outs=None):
+    """Two nodes train, into the folders `outs` (default tmp_path/name/node0 and node1); returns them."""
+    outs = outs or [tmp_path / name / f'node{i}' for i in range(2)]
+    procs = _nodes('run_distribute_train_gpu.sh', lambda i: [os.path.join(ROOT, 'config', 'demo_cpu.yaml'), data, '1',
+                                                             *TRAIN_OVERRIDES, '--output_dir', str(outs[i]), *extra],
+                   tmp_path, name)
+    _finish(procs, name, lambda: ''.join(''.join(_worker_logs(str(o)).values()) for o in outs))
+    return outs
+
+
+def _fingerprints(*out_dirs):
+    logs = ''.join(''.join(_worker_logs(str(o)).values()) for o in out_dirs)
+    return dict(re.findall(r'rank (\d)/2: final weights fingerprint (\w+)', logs))
+
+
+def _train_losses(out_dir):
+    return [(r['epoch'], r['train_loss'], r['lr']) for r in json.loads((out_dir / 'metrics.json').read_text())]
+
+
+@pytest.fixture(scope='module')
+def images_for_many_steps(tmp_path_factory):
+    """120 training images: 15 steps an epoch at 2 ranks x batch 4, so that a stop lands inside an epoch."""
+    from conftest import write_tiny_imagefolder
+    return write_tiny_imagefolder(str(tmp_path_factory.mktemp('many_steps')), train_per_class=40)
+
+
+@needs_msrun
+def test_two_nodes_train_as_one_node_of_two_and_resume_from_their_own_folders(images_for_many_steps, tmp_path):
+    data = images_for_many_steps
+    # One node of two workers, the reference.
+    one = tmp_path / 'one_node'
+    proc = _launch('run_distribute_train_gpu.sh', [os.path.join(ROOT, 'config', 'demo_cpu.yaml'), data, '2',
+                                                   *TRAIN_OVERRIDES, '--output_dir', str(one)], {},
+                   tmp_path / 'one_node.log')
+    _finish([proc], 'one node', lambda: ''.join(_worker_logs(str(one)).values()))
+    reference = _fingerprints(one)
+    assert sorted(reference) == ['0', '1'] and reference['0'] == reference['1'], reference
+
+    # Two nodes, nothing shared: both ranks end with the one-node weights, and each node keeps the
+    # checkpoints and metrics its rank needs to resume (node 1's losses are its own shard's).
+    outs = _train_nodes(data, tmp_path, 'two_nodes')
+    assert _fingerprints(*outs) == reference
+    for out in outs:
+        assert sorted(os.listdir(out / 'checkpoints')) == ['best.ckpt', 'epoch_001.ckpt', 'epoch_002.ckpt'], out
+    assert _train_losses(outs[0]) == _train_losses(one)
+    assert 'ranks 0, 1 write checkpoints' in (outs[0] / 'train.log').read_text()
+    assert not (outs[1] / 'train.log').exists() and (outs[1] / 'config.yaml').exists()  # the log is rank 0's
+
+    # SIGTERM to both launchers inside the run; each node's rank stops at the same step with a
+    # checkpoint in its own folder; relaunched with --resume auto, the losses and weights are the
+    # uninterrupted run's.
+    stopped = [tmp_path / 'stopped' / f'node{i}' for i in range(2)]
+    procs = _nodes('run_distribute_train_gpu.sh', lambda i: [os.path.join(ROOT, 'config', 'demo_cpu.yaml'), data, '1',
+                                                             *TRAIN_OVERRIDES, '--output_dir', str(stopped[i])],
+                   tmp_path, 'stopped')
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and 'epoch 1/2 step 4/15' not in _worker_logs(str(stopped[0])).get(0, ''):
+            assert all(p.poll() is None for p in procs), _worker_logs(str(stopped[0]))
+            time.sleep(0.05)
+        # Node 1's launcher alone is signalled (as Kubernetes signals a container's first process); on
+        # node 0 the launcher and the training process both (as Slurm signals every process of a job):
+        # the launcher's SIGUSR1 must not count as a second signal there.
+        from src.tools.msrun_workers import msrun_workers
+        workers = [msrun_workers(p.pid, 'train.py') for p in procs[:2]]
+        assert [len(w) for w in workers] == [1, 1], workers
+        node0_workers = workers[0]
+        for p in procs[:2]:
+            p.send_signal(signal.SIGTERM)
+        os.kill(node0_workers[0], signal.SIGTERM)
+    finally:
+        _finish(procs, 'stopped', lambda: ''.join(''.join(_worker_logs(str(o)).values()) for o in stopped))
+    logs = [_worker_logs(str(out))[i] for i, out in enumerate(stopped)]
+    # (a rank whose signal comes after the step where its peer's request is reduced stops for the peer)
+    where = [re.search(r'stopped by (?:SIGTERM|the launcher \(SIGUSR1\)|a stop request on another rank) at '
+                       r'(epoch \d, step \d+ of 15); checkpoint (\S+?)\.?\s', log) for log in logs]
+    assert all(where), logs
+    assert where[0].group(1) == where[1].group(1)  # the same step on both nodes
+    for i, out in enumerate(stopped):
+        assert os.path.dirname(where[i].group(2)) == str(out / 'checkpoints')
+    for i, worker in enumerate(workers):  # each launcher passed the stop on to its worker
+        assert f'asked the workers to stop (SIGUSR1): {worker[0]} ' in (tmp_path / f'stopped_node{i}.log').read_text()
+    for out in stopped:
+        os.rename(out / 'msrun_log', out / 'msrun_log_stopped')
+    _train_nodes(data, tmp_path, 'resumed', '--resume', 'auto', outs=stopped)
+    assert _fingerprints(*stopped) == reference
+    for out, uninterrupted in zip(stopped, outs):
+        assert _train_losses(out) == _train_losses(uninterrupted)
+
+
+@needs_msrun
+def test_two_node_evaluation_counts_every_image_once(eleven_images_evaluated_alone, tmp_path):
+    args, alone = eleven_images_evaluated_alone
+    options = dict(zip(args[1::2], args[2::2]))
+    logs = [tmp_path / f'node{i}_log' for i in range(2)]
+    procs = _nodes('run_distribute_eval.sh', lambda i: [os.path.join(ROOT, 'config', 'demo_cpu.yaml'),
+                                                        options['--data_dir'], options['--checkpoint'], '1', *args[1:]],
+                   tmp_path, 'eval', lambda i: dict(LOG_DIR=str(logs[i])))
+
+    def read_logs():
+        found = [p / f'worker_{i}.log' for i, p in enumerate(logs)]
+        return ''.join(log.read_text() for log in found if log.exists())
+    _finish(procs, 'two-node evaluation', read_logs)
+    printed = [json.loads(line) for line in read_logs().splitlines() if line.startswith('{"checkpoint"')]
+    assert len(printed) == 1 and printed[0]['ranks'] == 2, read_logs()[-3000:]  # rank 0 only
+    assert [printed[0][k] for k in ('count', 'top1', 'top5')] == [alone[k] for k in ('count', 'top1', 'top5')]
+    assert printed[0]['loss'] == pytest.approx(alone['loss'], rel=1e-6)

@@ -24,6 +24,7 @@ def _assert_bad_input(proc):
     ('run_distribute_train.sh', ['msrun', 'c.yaml'], 'DATASET_PATH'),
     ('run_distribute_train_gpu.sh', [], 'CONFIG_PATH DATASET_PATH'),
     ('run_eval.sh', ['c.yaml'], 'DATASET_PATH CHECKPOINT_PATH'),
+    ('run_distribute_eval.sh', ['c.yaml', 'data'], 'CHECKPOINT_PATH'),
     ('run_export.sh', ['c.yaml'], 'CHECKPOINT_PATH')])
 def test_usage_on_missing_arguments(script, args, missing):
     path = os.path.join(ROOT, 'scripts', script)
@@ -108,7 +109,8 @@ def test_rank_table_dry_run_takes_ids_from_the_table(tmp_path):
     path = _write(tmp_path, _table({'10.0.0.1': [(7, 3), (5, 1), (4, 0), (6, 2)]}))
     proc = _launch(tmp_path, path, '4', '--output_dir', 'outputs/rel', '--epochs', '1', DRY_RUN='1')
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    server, *lines = proc.stdout.splitlines()
+    assert server == 'server 10.0.0.1: ranks 0-3 on devices 4, 5, 6, 7 (this server)'
     assert lines[-1] == 'dry run: nothing started'
     heads, cmds = lines[0:-1:2], lines[1:-1:2]
     assert len(heads) == len(cmds) == 4
@@ -175,6 +177,10 @@ BAD_TABLES = [
     ({'server_list': [{'device': [{'device_id': '0', 'rank_id': '0'}]}]}, 'server_list[0] has no server_id'),
     ({'server_list': [{'server_id': 'n0', 'device': [{'device_id': 'x', 'rank_id': '0'}]}]},
      "server n0 device[0] device_id must be a non-negative integer, got 'x'"),
+    (_table({'n0': [(0, 0), (1, 1)], 'n1': [(0, 1), (1, 2)]}), 'rank_id 1 appears twice (servers n0 and n1)'),
+    # ranks server by server in server_list order, each server a block of consecutive ids
+    (_table({'n0': [(0, 2), (1, 3)], 'n1': [(0, 0), (1, 1)]}), 'server n0 has rank ids 2, 3, expected 0-1: rank ids'),
+    (_table({'n0': [(0, 0), (1, 2)], 'n1': [(0, 1), (1, 3)]}), 'server n0 has rank ids 0, 2, expected 0-1'),
     (_table({'n0': [(0, 0)]}, status='initializing'), "rank table status is 'initializing', not 'completed'"),
     (_table({'n0': [(0, 0)]}, server_count='2'), "rank table server_count is '2' but server_list lists 1 server(s)"),
     ('[1, 2]', 'expected a JSON object with a server_list'),
@@ -208,6 +214,25 @@ def test_rank_table_several_servers_need_server_id(tmp_path):
     assert 'SERVER_ID node_9 is not in the rank table (servers: node_0, node_1)' in proc.stderr
 
 
+def test_two_server_rank_table_dry_run_on_each_server(tmp_path):
+    """Each server's launcher runs that server's ranks, on the devices the table gives them, in a job of
+    all the table's ranks; a server whose device count is not DEVICE_NUM is one error line."""
+    path = _write(tmp_path, _table({'node_0': [(0, 0), (1, 1)], 'node_1': [(4, 2), (5, 3)]}))
+    servers = ['server node_0: ranks 0-1 on devices 0, 1', 'server node_1: ranks 2-3 on devices 4, 5']
+    for this, devices in (('node_0', {0: 0, 1: 1}), ('node_1', {2: 4, 3: 5})):
+        proc = _launch(tmp_path, path, '2', DRY_RUN='1', SERVER_ID=this)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[:2] == [line + (' (this server)' if line.split()[1] == f'{this}:' else '') for line in servers]
+        envs = [dict(w.split('=', 1) for w in shlex.split(cmd)[4:9]) for cmd in lines[3:-1:2]]
+        assert {int(e['RANK_ID']): int(e['DEVICE_ID']) for e in envs} == devices
+        assert {e['RANK_SIZE'] for e in envs} == {'4'}
+    proc = _launch(tmp_path, path, '1', DRY_RUN='1', SERVER_ID='node_1')
+    _assert_bad_input(proc)
+    assert proc.stderr.strip() == ('error: the rank table lists 2 device(s) for server node_1, but DEVICE_NUM is 1: '
+                                   'pass DEVICE_NUM 2 or use another table') and proc.stdout == ''
+
+
 def test_rank_table_tool_does_not_import_mindspore(tmp_path):
     path = _write(tmp_path, _table({'n0': [(4, 0)]}))
     code = ('import sys; from src.tools import rank_table; rank_table.main([sys.argv[1], "1"]); '
@@ -219,7 +244,7 @@ def test_rank_table_tool_does_not_import_mindspore(tmp_path):
 # msrun launchers: a fake `msrun` stands first on PATH. The launchers put the folder of the Python
 # they use first on PATH (msrun's workers start the bare `python`), so PYTHON names a wrapper of the
 # project's interpreter in the fake's folder; the fake prints its working directory and argv, one a
-# line, and exits 7, which the launcher (it execs msrun) must return.
+# line, and exits 7, which the launcher must return.
 def _fake_msrun(tmp_path, script, *args, **extra_env):
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
@@ -229,7 +254,7 @@ def _fake_msrun(tmp_path, script, *args, **extra_env):
         tool.chmod(0o755)
     (tmp_path / 'data').mkdir()
     env = {k: v for k, v in os.environ.items()
-           if k not in ('DEVICE_TARGET', 'MASTER_PORT', 'MASTER_ADDR', 'NODE_NUM', 'NODE_RANK', 'DRY_RUN')}
+           if k not in ('DEVICE_TARGET', 'MASTER_PORT', 'MASTER_ADDR', 'NODE_NUM', 'NODE_RANK', 'DRY_RUN', 'LOG_DIR')}
     env.update(PYTHON=str(bin_dir / 'python'), **extra_env)
     return subprocess.run(['bash', os.path.join(ROOT, 'scripts', script), *args], capture_output=True, text=True,
                           timeout=120, env=env, cwd=str(tmp_path))
@@ -250,6 +275,19 @@ def test_msrun_launchers_build_the_msrun_command(tmp_path, script, args, env, de
                     '--config', CONFIG, '--data_dir', str(tmp_path / 'data'), '--device_target', target,
                     '--output_dir', str(out), '--epochs', '1']
     assert not out.exists()  # nothing started
+
+
+def test_distributed_evaluation_builds_the_msrun_command(tmp_path):
+    (tmp_path / 'best.ckpt').write_bytes(b'')
+    proc = _fake_msrun(tmp_path, 'run_distribute_eval.sh', CONFIG, 'data', 'best.ckpt', '4', '--eval_batch_size', '8',
+                       LOG_DIR='logs')
+    assert proc.returncode == 7, proc.stderr
+    cwd, *argv = proc.stdout.splitlines()
+    assert cwd == ROOT
+    assert argv == ['--worker_num=4', '--local_worker_num=4', '--master_addr=127.0.0.1', '--master_port=8118',
+                    f'--log_dir={tmp_path}/logs', '--join=True', 'eval.py', '--config', CONFIG, '--data_dir',
+                    str(tmp_path / 'data'), '--checkpoint', str(tmp_path / 'best.ckpt'), '--device_target', 'Ascend',
+                    '--eval_batch_size', '8']
 
 
 @pytest.mark.parametrize('script, args', [('run_distribute_train.sh', ['msrun', CONFIG, 'data', '2']),

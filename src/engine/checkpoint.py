@@ -194,11 +194,24 @@ def step_checkpoints(ckpt_dir):
 
 def training_checkpoints(ckpt_dir):
     """[((epochs done, steps into the next epoch), path)], oldest first."""
-    found = [((epoch, 0), path) for epoch, path in epoch_checkpoints(ckpt_dir)]
-    for path in step_checkpoints(ckpt_dir):
-        epoch, step = map(int, _STEP.search(os.path.basename(path)).groups())
-        found.append(((epoch - 1, step), path))
-    return sorted(found)
+    return sorted((checkpoint_position(path), path)
+                  for path in [p for _, p in epoch_checkpoints(ckpt_dir)] + step_checkpoints(ckpt_dir))
+
+
+def checkpoint_position(path):
+    """(epochs done, steps into the next epoch) of a checkpoint, from its name; None for another name."""
+    name = os.path.basename(path)
+    step = _STEP.search(name)
+    if step:
+        return int(step.group(1)) - 1, int(step.group(2))
+    epoch = _EPOCH.search(name)
+    return (int(epoch.group(1)), 0) if epoch else None
+
+
+def describe_position(position):
+    """(3, 0) -> 'the end of epoch 3'; (3, 5) -> 'step 5 of epoch 4'."""
+    epochs, step = position
+    return f'step {step} of epoch {epochs + 1}' if step else f'the end of epoch {epochs}'
 
 
 def auto_resume(ckpt_dir, recorded_epochs, log):

@@ -1,7 +1,11 @@
 """Stopping on request: cluster schedulers (Slurm, Kubernetes, ModelArts) end a job with SIGTERM
 and a grace period before SIGKILL, and Ctrl-C sends SIGINT. Either asks the training loop to stop
 after the current step and write a checkpoint of the exact position; a second signal to the same
-process ends it at once."""
+process ends it at once.
+
+SIGUSR1 is the launchers' way of passing a SIGTERM/SIGINT on (scripts/env.sh): it asks for the same
+stop but never counts as the second signal, so a rank that a scheduler signals directly and its
+launcher signals again still stops cleanly. A launcher asked twice ends its ranks at once itself."""
 import os
 import signal
 import threading
@@ -11,6 +15,7 @@ import mindspore as ms
 from .train_step import AnyRank
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_STOP = signal.SIGUSR1
 
 
 class TrainingStopped(Exception):
@@ -43,7 +48,7 @@ class StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in (*STOP_SIGNALS, FORWARDED_STOP)}
         return self
 
     def __exit__(self, *exc):
@@ -56,6 +61,10 @@ class StopRequest:
         return False
 
     def _handle(self, signum, _frame):
+        if signum == FORWARDED_STOP:
+            if self.reason is None:
+                self.reason = 'the launcher (SIGUSR1)'
+            return
         self._signals_here += 1
         if self._signals_here > 1:  # asked twice: the default action, now
             signal.signal(signum, signal.SIG_DFL)

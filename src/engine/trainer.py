@@ -49,6 +49,7 @@ from .checkpoint import (
 from .evaluate import evaluate
 from .optim import build_lr_schedule, scaled_lr
 from .preemption import StopRequest, TrainingStopped
+from .ranks import agree_on_resume, claim_output_dir
 from .step import build_training_step
 from .train_step import AnyRank
 
@@ -161,8 +162,12 @@ class TrainingRun:
         set_bad_image_policy(cfg.bad_images, distributed=group_size > 1)
         self.ckpt_dir = os.path.join(cfg.output_dir, 'checkpoints')
         self.metrics_path = os.path.join(cfg.output_dir, 'metrics.json')
-        if rank == 0:  # the only writer: a folder it cannot write to must cost nothing
+        if rank == 0:  # a folder it cannot write to must cost nothing
             check_writable(cfg.output_dir)
+        # The ranks that write output_dir: rank 0, and one rank of each server that does not share it.
+        self.writes, self.writers = (claim_output_dir(cfg.output_dir, rank, group_size) if group_size > 1
+                                     else (True, [0]))
+        if self.writes:
             check_writable(self.ckpt_dir)
             for path in remove_stale_temporaries(cfg.output_dir) + remove_stale_temporaries(self.ckpt_dir):
                 self.log.info('removed %s, left by an interrupted write', path)
@@ -210,7 +215,7 @@ class TrainingRun:
         recorded, resume, meta = self._resume(init_weights)
         if self.group_size > 1:
             # A barrier (an all-reduce returns once every rank has called it): all ranks have read their
-            # checkpoint before rank 0 writes or removes one. Without it a rank resuming at an epoch's
+            # checkpoint before a writer writes or removes one. Without it a rank resuming at an epoch's
             # end, which runs no step before it saves, could replace the file a slower peer is about to
             # choose, and the ranks would start at different places.
             AnyRank()(ms.Tensor(0.0, ms.float32))
@@ -254,6 +259,9 @@ class TrainingRun:
         resume, params, meta = cfg.resume, None, {}
         if resume == 'auto':
             resume, params = auto_resume(ckpt_dir, max((r['epoch'] for r in recorded), default=0), self.log)
+            if self.group_size > 1:  # the servers' folders may differ: all ranks start at one position
+                agreed = agree_on_resume(ckpt_dir, resume, self.rank, self.group_size, self.log)
+                resume, params = agreed, params if agreed == resume else None
         earlier = [] if resume else training_checkpoints(ckpt_dir)
         if earlier:
             raise ResumeError(f'{ckpt_dir} holds the checkpoints of an earlier run (newest: '
@@ -295,8 +303,11 @@ class TrainingRun:
         cfg, log = self.cfg, self.log
         if self.rank == 0:
             log_to_file(log, cfg.output_dir)
-            if on_start is not None:
-                on_start()
+        if self.writes and on_start is not None:
+            on_start()
+        if len(self.writers) > 1:
+            log.info('ranks %s write checkpoints, each in its server\'s output_dir: not every server shares it',
+                     ', '.join(map(str, self.writers)))
         if resume:
             replaced = [r['epoch'] for r in recorded if r['epoch'] > self.start_epoch + 1]
             if replaced:
@@ -314,7 +325,7 @@ class TrainingRun:
                  'peak lr %.4g, %s, amp %s%s', cfg.arch, self.n_params / 1e6, self.global_batch, self.group_size,
                  cfg.batch_size, self.accumulation, self.steps_per_epoch, self.peak_lr, cfg.optimizer, cfg.amp_level,
                  f', EMA decay {cfg.ema_decay:g}' if self.ema is not None else '')
-        if self.rank == 0:
+        if self.writes:
             # The later checkpoints belong to the run being replaced. Kept, keep_checkpoint_max would
             # count them and --resume auto prefer them.
             for position, path in training_checkpoints(self.ckpt_dir):
@@ -354,7 +365,7 @@ class TrainingRun:
             # Also after the epoch's last step: validation may outlast a scheduler's grace period.
             if stop.stop_now(at_log_point):
                 self._read_steps(epoch, pending, state)
-                if self.rank == 0:
+                if self.writes:
                     self.last_saved.path = self._save(
                         step_checkpoint_path(self.ckpt_dir, epoch + 1, i),
                         {LAST_META: epoch, STEP_META: i, EPOCH_SKIPPED_META: state.skipped,
@@ -442,11 +453,11 @@ class TrainingRun:
                                         self.ema_net)
 
     def _save_epoch(self, epoch, record):
-        """The end of an epoch: best top-1; on rank 0 metrics.json, the epoch checkpoint, best.ckpt
-        and the removal of checkpoints no longer needed."""
+        """The end of an epoch: best top-1; on the writing ranks metrics.json, the epoch checkpoint,
+        best.ckpt and the removal of checkpoints no longer needed."""
         new_best = record.get('val_top1', -1.0) > self.best_top1
         self.best_top1 = max(self.best_top1, record.get('val_top1', -1.0))
-        if self.rank != 0:
+        if not self.writes:
             return
         ckpt_dir = self.ckpt_dir
         # Metrics first: a kill between the two writes leaves metrics one epoch ahead of the
@@ -466,7 +477,8 @@ class TrainingRun:
             self.log.info('stopped by %s at %s; checkpoint %s. Run the same command with --resume auto to continue.',
                           stop.reason, where, self.last_saved)
         else:
-            self.log.warning('rank %d stopped by %s at %s', self.rank, stop.reason, where)
+            self.log.warning('rank %d stopped by %s at %s%s', self.rank, stop.reason, where,
+                             f'; checkpoint {self.last_saved}' if self.writes else '')
         return TrainingStopped(stop.reason, where, self.last_saved.path, self.history)
 
 

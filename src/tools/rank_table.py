@@ -1,10 +1,11 @@
 """Read an Ascend rank table (the `server_list` format of MindSpore's rank-table tutorial) for the
 rank-table launcher, scripts/run_distribute_train.sh.
 
-    python -m src.tools.rank_table RANK_TABLE_FILE DEVICE_NUM [--server_id ID]
+    python -m src.tools.rank_table RANK_TABLE_FILE DEVICE_NUM [--server_id ID] [--servers]
 
 prints one line per rank of this server, sorted by rank id: `RANK_ID DEVICE_ID RANK_SIZE`, three
-decimal integers (RANK_SIZE is the number of devices in the whole table). A table that lists several
+decimal integers (RANK_SIZE is the number of devices in the whole table); with --servers, one line
+per server of the table instead (its ranks and devices). A table that lists several
 servers needs this server's `server_id`, from --server_id or the SERVER_ID environment variable; a
 one-server table needs none. An invalid table, or one that lists another number of devices than
 DEVICE_NUM for this server, is a one-line `error: ...` on stderr and exit code 2.
@@ -88,11 +89,32 @@ def parse_table(table):
     if sorted(owner) != list(range(len(owner))):
         raise RankTableError(f'rank ids must be 0..{len(owner) - 1}, each once; the table has '
                              f"{', '.join(map(str, sorted(owner)))}")
+    # Ranks go server by server, in the order of server_list: the model zoo's merge_hccl.py writes
+    # a cluster's table that way (the first server's 8 devices are ranks 0-7, the next one's 8-15).
+    first = 0
+    for name, ranks in out.items():
+        ids = [rank for rank, _ in ranks]
+        if ids != list(range(first, first + len(ids))):
+            raise RankTableError(f"server {name} has rank ids {', '.join(map(str, ids))}, expected "
+                                 f'{_span(first, first + len(ids) - 1)}: rank ids go server by server in the order '
+                                 'of server_list, each server a block of consecutive ids')
+        first += len(ids)
     return out
 
 
+def _span(a, b):
+    return str(a) if a == b else f'{a}-{b}'
+
+
+def describe_servers(servers, this_server):
+    """One line per server: its ranks and devices, this server marked."""
+    return [f"server {name}: ranks {_span(ranks[0][0], ranks[-1][0])} on devices "
+            f"{', '.join(str(d) for _, d in ranks)}{' (this server)' if name == this_server else ''}"
+            for name, ranks in servers.items()]
+
+
 def ranks_for_server(table, device_num, server_id=None):
-    """(this server's [(rank_id, device_id), ...], RANK_SIZE = devices in the whole table)."""
+    """(this server's name, its [(rank_id, device_id), ...], {server: its ranks} for the whole table)."""
     servers = parse_table(table)
     if server_id:
         if server_id not in servers:
@@ -107,7 +129,7 @@ def ranks_for_server(table, device_num, server_id=None):
     if len(ranks) != device_num:
         raise RankTableError(f'the rank table lists {len(ranks)} device(s) for server {name}, but DEVICE_NUM is '
                              f'{device_num}: pass DEVICE_NUM {len(ranks)} or use another table')
-    return ranks, sum(len(r) for r in servers.values())
+    return name, ranks, servers
 
 
 def main(argv=None):
@@ -117,8 +139,14 @@ def main(argv=None):
     parser.add_argument('device_num', type=int)
     parser.add_argument('--server_id', default=os.environ.get('SERVER_ID', ''),
                         help="this machine's server_id in the table (default: $SERVER_ID)")
+    parser.add_argument('--servers', action='store_true',
+                        help="print each server's ranks and devices instead (DRY_RUN=1 of the launcher)")
     args = parser.parse_args(argv)
-    ranks, rank_size = ranks_for_server(load_table(args.rank_table_file), args.device_num, args.server_id)
+    name, ranks, servers = ranks_for_server(load_table(args.rank_table_file), args.device_num, args.server_id)
+    if args.servers:
+        print('\n'.join(describe_servers(servers, name)))
+        return 0
+    rank_size = sum(len(r) for r in servers.values())
     for rank_id, device_id in ranks:
         print(rank_id, device_id, rank_size)
     return 0
