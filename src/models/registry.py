@@ -1,5 +1,6 @@
 """Model registry: `create_model(name, num_classes=1000, features_only=False, checkpoint_path=None,
-**overrides)`, `list_models()`, and `build_model(cfg)`, the model a run's configuration describes."""
+**overrides)`, `list_models()`, `model_settings(name)`, and `build_model(cfg)`, the model a run's
+configuration describes."""
 import difflib
 
 from ..errors import UserError
@@ -17,19 +18,31 @@ class InputSizeError(UserError):
 
 
 _SIZED_MODELS = set()
+_SETTINGS = {}
 
 
-def register_model(fn=None, *, sized=False):
+def register_model(fn=None, *, sized=False, settings=None):
     """Register a model factory under its function name. `sized=True` marks models built for one
-    input size, whose factory takes `img_size` (Swin: masks and windows are fixed at build time)."""
+    input size, whose factory takes `img_size` (Swin: masks and windows are fixed at build time).
+    `settings`: the constructor arguments that make the architecture (depths, widths, ...), which the
+    factory builds it with (model_settings) before the caller's overrides."""
     def register(fn):
         if fn.__name__ in _MODEL_FNS:
             raise ValueError(f'model {fn.__name__!r} is registered twice')
         _MODEL_FNS[fn.__name__] = fn
+        _SETTINGS[fn.__name__] = dict(settings or {})
         if sized:
             _SIZED_MODELS.add(fn.__name__)
         return fn
     return register(fn) if fn is not None else register
+
+
+def model_settings(name):
+    """The constructor arguments registered with model `name` (a copy), e.g. for a tool that builds
+    the same architecture elsewhere."""
+    if name not in _MODEL_FNS:
+        raise UnknownModelError(f'unknown model {name!r}. Available: {", ".join(list_models())}')
+    return dict(_SETTINGS[name])
 
 
 def size_overrides(name, image_size):

@@ -7,7 +7,7 @@ from mindspore.common.initializer import HeNormal, initializer
 
 from ..layers import LocalAttentionACmix, resolve_formulation
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
-from .registry import InputSizeError, register_model
+from .registry import InputSizeError, model_settings, register_model
 
 
 def batch_norm(channels):
@@ -217,45 +217,50 @@ def _acmix_mixer(in_planes, out_planes, stride, dilation, **kwargs):
     return LocalAttentionACmix(in_planes, out_planes, stride=stride, dilation=dilation, **kwargs)
 
 
-@register_model
+def _resnet(name, kwargs):
+    return ResNet(**{**model_settings(name), **kwargs})
+
+
+@register_model(settings=dict(layers=(1, 2, 4, 1), acmix=True))
 def acmix_resnet26(**kwargs):
-    return ResNet((1, 2, 4, 1), acmix=True, **kwargs)
+    return _resnet('acmix_resnet26', kwargs)
 
 
-@register_model
+@register_model(settings=dict(layers=(2, 3, 5, 2), acmix=True))
 def acmix_resnet38(**kwargs):
-    return ResNet((2, 3, 5, 2), acmix=True, **kwargs)
+    return _resnet('acmix_resnet38', kwargs)
 
 
-@register_model
+@register_model(settings=dict(layers=(3, 4, 6, 3), acmix=True))
 def acmix_resnet50(**kwargs):
-    return ResNet((3, 4, 6, 3), acmix=True, **kwargs)
+    return _resnet('acmix_resnet50', kwargs)
 
 
-@register_model
+@register_model(settings=dict(layers=(1, 2, 4, 1), acmix=False))
 def resnet26(**kwargs):
-    return ResNet((1, 2, 4, 1), acmix=False, **kwargs)
+    return _resnet('resnet26', kwargs)
 
 
-@register_model
+@register_model(settings=dict(layers=(2, 3, 5, 2), acmix=False))
 def resnet38(**kwargs):
-    return ResNet((2, 3, 5, 2), acmix=False, **kwargs)
+    return _resnet('resnet38', kwargs)
 
 
-@register_model
+@register_model(settings=dict(layers=(3, 4, 6, 3), acmix=False))
 def resnet50(**kwargs):
-    return ResNet((3, 4, 6, 3), acmix=False, **kwargs)
+    return _resnet('resnet50', kwargs)
 
 
-@register_model
+# For 32-64 px CPU demos and tests: 4 stages of one block, 16 channels at first, a 3x3/1 stem.
+_MINI = dict(layers=(1, 1, 1, 1), base_channels=16, stem='small')
+
+
+@register_model(settings=dict(_MINI, acmix=True))
 def acmix_resnet_mini(**kwargs):
-    """A 4-stage, one-block-per-stage, 16-channel ACmix ResNet for 32-64 px CPU demos and tests."""
-    kwargs = {'base_channels': 16, 'stem': 'small', **kwargs}
-    return ResNet((1, 1, 1, 1), acmix=True, **kwargs)
+    return _resnet('acmix_resnet_mini', kwargs)
 
 
-@register_model
+@register_model(settings=dict(_MINI, acmix=False))
 def resnet_mini(**kwargs):
     """The plain-convolution twin of acmix_resnet_mini."""
-    kwargs = {'base_channels': 16, 'stem': 'small', **kwargs}
-    return ResNet((1, 1, 1, 1), acmix=False, **kwargs)
+    return _resnet('resnet_mini', kwargs)

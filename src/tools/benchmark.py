@@ -57,25 +57,28 @@ MINDCV_PREFIX = 'mindcv:'
 # arch -> mindcv's model of that architecture (mindcv.models.create_model name), built with its defaults
 MINDCV_MODELS = {'swin_tiny': 'swin_tiny'}
 MINDCV_IMAGE_SIZE = 224  # mindcv's swin_tiny fixes its input size (and relative-position tables) to 224
-_SWIN_MINI = dict(patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
-                  drop_path_rate=0.1)
-# arch -> (builder in src/tools/official_reference.py, its arguments): the configuration of the registered
-# model (src/models/resnet.py, swin.py), drop_path_rate included, so that training does the same
-# work. The ResNet minis have none: their 'small' stem is not in the official ResNet.
-OFFICIAL_MODELS = {
-    'acmix_resnet26': ('acmix_resnet', dict(layers=[1, 2, 4, 1])),
-    'acmix_resnet38': ('acmix_resnet', dict(layers=[2, 3, 5, 2])),
-    'acmix_resnet50': ('acmix_resnet', dict(layers=[3, 4, 6, 3])),
-    'resnet26': ('resnet_plain', dict(layers=[1, 2, 4, 1])),
-    'resnet38': ('resnet_plain', dict(layers=[2, 3, 5, 2])),
-    'resnet50': ('resnet_plain', dict(layers=[3, 4, 6, 3])),
-    'acmix_swin_tiny': ('swin', dict(acmix=True, drop_path_rate=0.2)),
-    'acmix_swin_small': ('swin', dict(acmix=True, depths=(2, 2, 18, 2), drop_path_rate=0.3)),
-    'swin_tiny': ('swin', dict(acmix=False, drop_path_rate=0.2)),
-    'swin_small': ('swin', dict(acmix=False, depths=(2, 2, 18, 2), drop_path_rate=0.3)),
-    'acmix_swin_mini': ('swin', dict(acmix=True, **_SWIN_MINI)),
-    'swin_mini': ('swin', dict(acmix=False, **_SWIN_MINI)),
-}
+# The constructor arguments of the official builders (src/tools/official_reference.py) our models' own
+# settings map to; drop_path_rate included, so that training does the same work.
+_OFFICIAL_SWIN_ARGS = ('acmix', 'patch_size', 'embed_dim', 'depths', 'num_heads', 'window_size', 'drop_path_rate')
+
+
+def official_model(arch):
+    """(builder in src/tools/official_reference.py, its arguments) for the official formulation of
+    `arch`, from the settings the registry builds it with; None for a model the official code has not
+    (the ResNet minis: their 'small' stem is not in the official ResNet)."""
+    from ..models import model_settings
+    settings = model_settings(arch)
+    if 'depths' in settings:
+        return 'swin', {k: settings[k] for k in _OFFICIAL_SWIN_ARGS if k in settings}
+    if settings.get('stem', 'imagenet') != 'imagenet' or settings.get('base_channels', 64) != 64:
+        return None
+    return ('acmix_resnet' if settings['acmix'] else 'resnet_plain'), {'layers': list(settings['layers'])}
+
+
+def official_models():
+    """The registered models that have an official formulation to measure beside them."""
+    from ..models import list_models
+    return [arch for arch in list_models() if official_model(arch) is not None]
 
 
 def run_one(arch, mode, batch_size, image_size, device_target, warmup, steps, formulation=None, threads=None):
@@ -151,7 +154,7 @@ def build_official(arch, image_size):
     of `image_size`. Imported here, in the official worker only: without --official torch is not
     needed."""
     from src.tools import official_reference as reference
-    builder, kwargs = OFFICIAL_MODELS[arch]
+    builder, kwargs = official_model(arch)
     if builder == 'swin':
         kwargs = dict(kwargs, img_size=image_size)
     return getattr(reference, builder)(num_classes=1000, **kwargs)
@@ -329,14 +332,15 @@ def check_official(archs, device_target):
                         '(pip install torch==2.13.0)')
     if device_target != 'CPU':
         raise UserError('--official times PyTorch on CPU only; use it with --device_target CPU')
-    with_official = [a for a in archs if a in OFFICIAL_MODELS]
+    available = official_models()
+    with_official = [a for a in archs if a in available]
     if not with_official:
         raise UserError(f'--official: none of {", ".join(archs)} has an official formulation to time; '
-                        f'these do: {", ".join(OFFICIAL_MODELS)}')
-    without = [a for a in archs if a not in OFFICIAL_MODELS]
+                        f'these do: {", ".join(available)}')
+    without = [a for a in archs if a not in available]
     if without:
         print(f'[benchmark] no official formulation of {", ".join(without)}; --official times it for '
-              f'{", ".join(OFFICIAL_MODELS)}', file=sys.stderr, flush=True)
+              f'{", ".join(available)}', file=sys.stderr, flush=True)
     return with_official
 
 
