@@ -4,9 +4,12 @@ runs the test files it is given, else the suite; the rank-table launcher takes e
 the table, runs it in its own folder, and rejects bad tables (exit code 2; a failed rank is 1)."""
 import json
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -231,6 +234,37 @@ def test_two_server_rank_table_dry_run_on_each_server(tmp_path):
     _assert_bad_input(proc)
     assert proc.stderr.strip() == ('error: the rank table lists 2 device(s) for server node_1, but DEVICE_NUM is 1: '
                                    'pass DEVICE_NUM 2 or use another table') and proc.stdout == ''
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_rank_table_launcher_stops_its_rank_with_a_checkpoint(tiny_imagefolder, tmp_path):
+    """The launcher passes a SIGTERM on to its ranks (as SIGUSR1): the rank stops after its step with a
+    checkpoint and the launcher exits 0. On CPU: a one-device table (no collective) and
+    --device_target CPU after the launcher's own Ascend."""
+    path = _write(tmp_path, _table({'node_0': [(0, 0)]}))
+    out = tmp_path / 'out'
+    env = dict(os.environ, PYTHON=PYTHON, GLOG_v='3')
+    proc = subprocess.Popen(['bash', SCRIPT, path, CONFIG, tiny_imagefolder, '1', '--device_target', 'CPU',
+                             '--arch', 'resnet_mini', '--num_classes', '3', '--image_size', '32', '--batch_size', '2',
+                             '--num_workers', '1', '--epochs', '50', '--eval_interval', '0', '--log_interval', '1',
+                             '--output_dir', str(out)],
+                            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / 'rank_0' / 'train.log'
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and 'epoch 1/50 step 2/' not in (log.read_text() if log.exists() else ''):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr + log.read_text()[-2000:]
+    assert 'asking the ranks to stop (SIGUSR1)' in stderr
+    stopped = re.search(r'stopped by the launcher \(SIGUSR1\) at epoch \d+, step \d+ of \d+; checkpoint (\S+?)\. ',
+                        log.read_text())
+    assert stopped and os.path.isfile(stopped.group(1)), log.read_text()[-2000:]
 
 
 def test_rank_table_tool_does_not_import_mindspore(tmp_path):
