@@ -11,8 +11,8 @@ class DropPath(nn.Cell):
     (B, 1, ..., 1) mask is applied by a broadcasting Mul in the portable formulation and, in the
     'cpu' one, as a batched matmul with an inner dimension of 1, (B, M, 1) x (B, 1, 1), which
     multiplies each element by its sample's mask value just the same: on CPU a broadcasting Mul
-    keeps index tables of 16 bytes per element for the graph's life (about 1.1 GB in a Swin-T
-    training step together with the Div), the matmul none. The formulation (formulation.py) sets
+    keeps index tables of 16 bytes per element for the graph's life (see docs/benchmark.md), the
+    matmul none. The formulation (formulation.py) sets
     mask_by_matmul.
     """
 
