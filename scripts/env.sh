@@ -20,9 +20,8 @@
 #                          SIGUSR1, a stop request (train.py stops after its step, with a checkpoint);
 #                          a second one as SIGKILL. msrun itself passes no signal on; it runs in a
 #                          session of its own, so a terminal's Ctrl-C goes through the launcher too.
-#                          DRY_RUN=1 prints the msrun
-#                          command and starts nothing; an inconsistent setting is one `error: ...` line
-#                          and exit code 2.
+#                          DRY_RUN=1 prints the msrun command and starts nothing; an inconsistent
+#                          setting is one `error: ...` line and exit code 2.
 ACMIX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"   # else oneDNN convs are ~100x slower on AVX-512 CPUs
 export GLOG_v="${GLOG_v:-3}"                               # MindSpore's warning flood off
@@ -110,7 +109,7 @@ acmix_msrun() {
     setsid --wait "${cmd[@]}" &
     local msrun_pid=$! rc
     ACMIX_SIGNALS=0
-    trap "acmix_stop_workers $msrun_pid $script" TERM INT
+    trap "acmix_stop_workers $msrun_pid $(printf '%q' "$script")" TERM INT
     while :; do
         rc=0; wait "$msrun_pid" || rc=$?
         kill -0 "$msrun_pid" 2>/dev/null || break   # else a trapped signal ended the wait early

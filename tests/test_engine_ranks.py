@@ -29,6 +29,13 @@ def _checkpoints(folder, *names):
     return folder
 
 
+def test_rank_0_claims_the_folder_it_creates(tmp_path, monkeypatch):
+    out = tmp_path / 'new' / 'run'  # a run whose output_dir does not exist yet
+    _peer(monkeypatch, 0, [0], [0], [0])
+    assert ranks.claim_output_dir(str(out), 0, 2) == (True, [0])
+    assert [p.name.startswith('.acmix-writer-') for p in out.iterdir()] == [True]
+
+
 def test_a_rank_on_rank_0s_filesystem_leaves_the_writing_to_it(tmp_path, monkeypatch):
     (tmp_path / '.acmix-writer-77').write_bytes(b'')  # rank 0's claim for this run (token 77)
     _peer(monkeypatch, 1, [77], [0], [1])

@@ -34,14 +34,11 @@ def claim_output_dir(output_dir, rank, group_size):
     rank's exclusive creation succeeds."""
     token = int(gather_over_ranks([secrets.randbelow(2 ** 24 - 1) + 1 if rank == 0 else 0], rank, group_size)[0, 0])
     claim = os.path.join(output_dir, f'{_WRITER_CLAIM}{token}')
+    make_dirs(output_dir)
     if rank == 0:
         claim_file(claim)
     gather_over_ranks([0], rank, group_size)  # rank 0's claim is there before any other rank looks
-    if rank == 0:
-        writes = True
-    else:
-        make_dirs(output_dir)
-        writes = claim_file(claim)
+    writes = rank == 0 or claim_file(claim)
     writers = [r for r, flag in enumerate(gather_over_ranks([int(writes)], rank, group_size)[:, 0]) if flag]
     if writes:  # the claims of earlier runs
         for name in os.listdir(output_dir):
