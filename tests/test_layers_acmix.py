@@ -191,12 +191,14 @@ def _grads(layer, x, forward):
     return [dx.asnumpy().astype(np.float64)] + [g.asnumpy().astype(np.float64) for g in dparams]
 
 
+# The attention-only shapes are left out of the inner loop (scripts/run_tests.sh --fast; CI runs them):
+# 'both' runs the attention path at stride 1 and 2.
 @pytest.mark.parametrize('stride,h,w,paths,dilation', [
     (1, 9, 10, 'both', 1),
     (2, 10, 12, 'both', 1),
-    (2, 9, 11, 'attention', 1),    # odd sizes at stride 2
-    (1, 15, 13, 'attention', 1),   # block sizes that do not divide the output
-    (1, 14, 14, 'attention', 2),   # dilated window
+    pytest.param(2, 9, 11, 'attention', 1, marks=pytest.mark.slow),    # odd sizes at stride 2
+    pytest.param(1, 15, 13, 'attention', 1, marks=pytest.mark.slow),   # block sizes that do not divide the output
+    pytest.param(1, 14, 14, 'attention', 2, marks=pytest.mark.slow),   # dilated window
     (2, 9, 8, 'conv', 1),
     (1, 10, 10, 'conv', 2),
 ])

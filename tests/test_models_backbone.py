@@ -25,6 +25,7 @@ def _values(net):
     return {p.name: p.asnumpy().copy() for p in net.get_parameters()}
 
 
+@pytest.mark.slow  # a classifier and its backbone compiled for each model: CI, not the inner loop
 @pytest.mark.parametrize('arch,features_shape', [('resnet_mini', (2, 512, 4, 4)),
                                                  ('acmix_resnet_mini', (2, 512, 4, 4)),
                                                  ('swin_mini', (2, 4, 256)), ('acmix_swin_mini', (2, 4, 256))])
@@ -104,6 +105,7 @@ def test_checkpoint_path_loads_strictly_and_a_backbone_leaves_the_classifier_out
     assert all(np.array_equal(v, resnet_values[k]) for k, v in resnet_backbone.items())
 
 
+@pytest.mark.slow  # as above
 @pytest.mark.parametrize('arch', ['acmix_resnet_mini', 'acmix_swin_mini'])
 def test_backbone_maps_are_the_stages_of_the_classifier(tmp_path, arch):
     """The last map is the classifier's forward_features (Swin: with its final norm copied into
