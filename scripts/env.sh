@@ -107,24 +107,35 @@ acmix_msrun() {
         exit 0
     fi
     setsid --wait "${cmd[@]}" &
-    local msrun_pid=$! rc
-    ACMIX_SIGNALS=0
+    local msrun_pid=$! rc=0
     trap "acmix_stop_workers $msrun_pid $(printf '%q' "$script")" TERM INT
-    while :; do
-        rc=0; wait "$msrun_pid" || rc=$?
-        kill -0 "$msrun_pid" 2>/dev/null || break   # else a trapped signal ended the wait early
-    done
+    acmix_wait "$msrun_pid" || rc=$?
     trap - TERM INT
     return "$rc"
 }
 
-# acmix_stop_workers PID SCRIPT: the first call asks the msrun workers below PID that run SCRIPT to
-# stop (SIGUSR1), the next ends them (SIGKILL).
+# acmix_wait PID: waits until the child PID has ended, across the trapped signals that end a bare
+# `wait` early; returns its exit code.
+acmix_wait() {
+    local rc
+    while :; do
+        rc=0; wait "$1" || rc=$?
+        kill -0 "$1" 2>/dev/null || return "$rc"
+    done
+}
+
+# acmix_stop_signal: the signal a launcher passes on to its training processes, in ACMIX_STOP_SIGNAL:
+# USR1 the first time (a stop request: train.py stops after its step, with a checkpoint), KILL after.
+acmix_stop_signal() {
+    ACMIX_STOPS=$((${ACMIX_STOPS:-0} + 1))
+    ACMIX_STOP_SIGNAL=USR1
+    [ "$ACMIX_STOPS" = 1 ] || ACMIX_STOP_SIGNAL=KILL
+}
+
+# acmix_stop_workers PID SCRIPT: acmix_stop_signal to the msrun workers below PID that run SCRIPT.
 acmix_stop_workers() {
-    ACMIX_SIGNALS=$((ACMIX_SIGNALS + 1))
-    local sig=USR1
-    [ "$ACMIX_SIGNALS" = 1 ] || sig=KILL
+    acmix_stop_signal
     local pids
-    pids=$("$PY" -m src.tools.msrun_workers "$1" "$2" --signal "$sig" 2>&1 | tr '\n' ' ') || true
-    echo "asked the workers to stop (SIG$sig): ${pids:-none found}" >&2
+    pids=$("$PY" -m src.tools.msrun_workers "$1" "$2" --signal "$ACMIX_STOP_SIGNAL" 2>&1 | tr '\n' ' ') || true
+    echo "asked the workers to stop (SIG$ACMIX_STOP_SIGNAL): ${pids:-none found}" >&2
 }

@@ -60,21 +60,15 @@ echo "started ${#pids[@]} ranks of $size; logs in $OUT/rank_*/train.log"
 # still reach the ranks: SIGUSR1, a stop request (each stops after its current step, with a checkpoint)
 # that never counts as a second signal to a rank the scheduler signalled too; asked again, SIGKILL.
 # Not run on Ascend here.
-signals=0
 forward() {
-    signals=$((signals + 1))
-    local sig=USR1
-    [ "$signals" = 1 ] || sig=KILL
-    echo "asking the ranks to stop (SIG$sig)" >&2
-    kill -s "$sig" "${pids[@]}" 2>/dev/null || true
+    acmix_stop_signal
+    echo "asking the ranks to stop (SIG$ACMIX_STOP_SIGNAL)" >&2
+    kill -s "$ACMIX_STOP_SIGNAL" "${pids[@]}" 2>/dev/null || true
 }
 trap forward TERM INT
 status=0
 for i in "${!pids[@]}"; do
-    while :; do
-        rc=0; wait "${pids[$i]}" || rc=$?
-        kill -0 "${pids[$i]}" 2>/dev/null || break   # else a trapped signal ended the wait early
-    done
+    rc=0; acmix_wait "${pids[$i]}" || rc=$?
     [ "$rc" = 0 ] || { echo "error: a rank failed, see ${logs[$i]}" >&2; status=1; }
 done
 exit $status
