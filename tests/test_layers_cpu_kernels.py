@@ -15,8 +15,8 @@ from src.layers import GELU, ConvolutionPath, WindowAttentionACmix
 from src.layers.cpu import kernels as cpu_kernels
 from src.layers.cpu import linear as cpu_linear
 from src.layers.cpu.activation import KernelGELU
-from src.layers.cpu.conv_path import KernelConvolutionPath, _FusedKernel
-from src.layers.cpu.kernels import SOURCE_DIR, build_library, conv_path_ops, kernels_enabled
+from src.layers.cpu.conv_path import KernelConvolutionPath
+from src.layers.cpu.kernels import SOURCE_DIR, build_library, conv_path_op, kernels_enabled
 from src.layers.cpu.layer_norm import KernelLayerNorm
 from src.layers.formulation import Formulation
 from src.layers.window_ops import shifted_window_mask, window_partition
@@ -54,8 +54,8 @@ class _OfficialConvPath(nn.Cell):
     (1, 9, 8, 16, 2, 7),    # 7x7, taller than the map is wide
 ])
 def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
-    kernels = conv_path_ops(k, dim // num_heads)
-    assert kernels is not None
+    kernel = conv_path_op(k, dim // num_heads)
+    assert kernel is not None
     rng = np.random.default_rng(0)
     k2 = k * k
     args = [Tensor(rng.normal(size=shape).astype(np.float32)) for shape in
@@ -68,7 +68,7 @@ def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
         grads = ms.jit(ms.grad(loss, grad_position=(0, 1, 2, 3)))(*args)
         return [net(*args).asnumpy()] + [g.asnumpy() for g in grads]
 
-    got, want = run(_FusedKernel(*kernels)), run(_OfficialConvPath(num_heads, k))
+    got, want = run(kernel), run(_OfficialConvPath(num_heads, k))
     for name, g, r in zip(['out', 'qkv', 'fc_w', 'fc_b', 'dep_w'], got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * np.abs(r).max(), err_msg=name)
 
@@ -81,7 +81,7 @@ def test_conv_path_kernel_matches_official(b, h, w, dim, num_heads, k):
 def test_conv_path_kernel_reads_window_partitioned_maps(b, h, w, ws, dim, num_heads):
     """The kernel on a window-partitioned qkv, (B, H/ws, W/ws, ws*ws, 3C), gives the convolution of
     the whole map, the same values bit for bit, and the partitioned qkv gradient."""
-    kernels = conv_path_ops(3, dim // num_heads)
+    kernel = conv_path_op(3, dim // num_heads)
     rng = np.random.default_rng(0)
     args = [Tensor(rng.normal(size=shape).astype(np.float32)) for shape in
             ((b, h, w, 3 * dim), (9, 3 * num_heads), (9,), (dim, 9, 3, 3))]
@@ -91,12 +91,10 @@ def test_conv_path_kernel_reads_window_partitioned_maps(b, h, w, ws, dim, num_he
         return window_partition(x, ws).view(b, h // ws, w // ws, ws * ws, x.shape[-1])
 
     def run(qkv, cot):
-        net = _FusedKernel(*kernels)
-
         def loss(*inputs):
-            return (net(*inputs) * cot).sum()
+            return (kernel(*inputs) * cot).sum()
         grads = ms.jit(ms.grad(loss, grad_position=(0, 1, 2, 3)))(qkv, *args[1:])
-        return [net(qkv, *args[1:])] + list(grads)
+        return [kernel(qkv, *args[1:])] + list(grads)
 
     whole, windowed = run(args[0], cot), run(windows(args[0]), cot)
     assert windowed[0].shape == (b, h, w, dim) and windowed[1].shape == (b, h // ws, w // ws, ws * ws, 3 * dim)
@@ -202,7 +200,7 @@ def test_kernels_can_be_switched_off_for_a_block():
         assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
         with kernels_enabled(True):
             assert _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
-        assert conv_path_ops(3, 8) is None
+        assert conv_path_op(3, 8) is None
     assert _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='cpu'))
 
 
@@ -214,7 +212,7 @@ def test_kernel_only_in_the_cpu_formulation_up_to_its_size_limit_and_for_blocks_
     assert not _uses_kernel(WindowAttentionACmix(16, 4, 2, formulation='portable'))
     # a head_dim that is not a multiple of 8 (the kernel's vector of groups): the portable path
     cell = WindowAttentionACmix(24, 4, 2, formulation='cpu')
-    assert not _uses_kernel(cell) and not cell.windowed and conv_path_ops(3, 12) is None
+    assert not _uses_kernel(cell) and not cell.windowed and conv_path_op(3, 12) is None
 
 
 def _values_and_grads(net, x, cot):

@@ -17,13 +17,13 @@ from src.layers import (
     window_reverse,
 )
 from src.layers.cpu.conv_path import KernelConvolutionPath
-from src.layers.cpu.kernels import conv_path_ops
+from src.layers.cpu.kernels import conv_path_op
 
 
 def _check_formulation(cell, formulation):
     """In the CPU formulation the convolution path is the C++ kernel wherever it can be built."""
     if cell.use_conv:
-        kernel_expected = formulation == 'cpu' and conv_path_ops(cell.kernel_conv, cell.head_dim) is not None
+        kernel_expected = formulation == 'cpu' and conv_path_op(cell.kernel_conv, cell.head_dim) is not None
         assert isinstance(cell.conv_path, KernelConvolutionPath) == kernel_expected
 
 

@@ -26,7 +26,7 @@ from .conv_path import ConvolutionPath
 from .cpu import linear as cpu_linear
 from .cpu.activation import KernelGELU
 from .cpu.conv_path import FoldConvolutionPath, KernelConvolutionPath
-from .cpu.kernels import conv_path_ops, gelu_ops, layer_norm_ops
+from .cpu.kernels import conv_path_op, gelu_op, layer_norm_op
 from .cpu.layer_norm import KernelLayerNorm
 from .cpu.local_attention import BlockedLocalAttention
 from .drop_path import DropPath
@@ -78,23 +78,23 @@ class Formulation:
             return portable
         if not channels_last:
             return FoldConvolutionPath(num_heads, head_dim, out_channels, kernel_size, stride, dilation)
-        kernel_ops = conv_path_ops(kernel_size, head_dim) if stride == 1 and dilation == 1 else None
-        return portable if kernel_ops is None else KernelConvolutionPath(kernel_ops, portable)
+        kernel_op = conv_path_op(kernel_size, head_dim) if stride == 1 and dilation == 1 else None
+        return portable if kernel_op is None else KernelConvolutionPath(kernel_op, portable)
 
     def layer_norm(self, dim, epsilon=1e-5):
         """LayerNorm over the last axis, nn.LayerNorm((dim,), epsilon=epsilon) and its parameters, with
         torch's default epsilon (MindSpore's is 1e-7); in the CPU formulation computed by the C++
         kernel pair where it can be built."""
-        kernel_ops = layer_norm_ops() if self.cpu else None
-        if kernel_ops is None:
+        kernel_op = layer_norm_op() if self.cpu else None
+        if kernel_op is None:
             return nn.LayerNorm((dim,), epsilon=epsilon)
-        return KernelLayerNorm(dim, epsilon, kernel_ops)
+        return KernelLayerNorm(dim, epsilon, kernel_op)
 
     def gelu(self):
         """The exact GELU (erf, torch's default); in the CPU formulation computed by the C++ kernel pair
         where it can be built."""
-        kernel_ops = gelu_ops() if self.cpu else None
-        return GELU() if kernel_ops is None else KernelGELU(kernel_ops)
+        kernel_op = gelu_op() if self.cpu else None
+        return GELU() if kernel_op is None else KernelGELU(kernel_op)
 
     def dense(self, in_channels, out_channels, **kwargs):
         """nn.Dense(in_channels, out_channels, **kwargs); in the CPU formulation with a matmul for the bias

@@ -69,24 +69,8 @@ class FoldConvolutionPath(nn.Cell):
         return out
 
 
-class _FusedKernel(nn.Cell):
-    """The kernel pair as a Cell: construct(qkv, fc_w, fc_b, dep_w) -> (B, H, W, C), gradients of all
-    four inputs from the backward kernel."""
-
-    def __init__(self, kernel_forward, kernel_backward):
-        super().__init__()
-        self.kernel_forward = kernel_forward
-        self.kernel_backward = kernel_backward
-
-    def construct(self, qkv, fc_w, fc_b, dep_w):
-        return self.kernel_forward(qkv, fc_w, fc_b, dep_w)
-
-    def bprop(self, qkv, fc_w, fc_b, dep_w, out, dout):
-        return self.kernel_backward(qkv, fc_w, fc_b, dep_w, dout)
-
-
 class KernelConvolutionPath(nn.Cell):
-    """The convolution path of the Swin layer as the fused CPU kernel: qkv (B, H, W, 3C) token-major,
+    """The convolution path of the Swin layer as the fused CPU kernel op: qkv (B, H, W, 3C) token-major,
     fc_weight (k2, 3nh), fc_bias (k2,), dep_weight (C, k2, k, k) -> (B, H, W, C). qkv may also be
     window-partitioned, (B, H / ws, W / ws, ws * ws, 3C) (window_partition's order): the output is the
     same convolution of the whole map. The kernel is float32; under mixed precision the path runs
@@ -94,9 +78,9 @@ class KernelConvolutionPath(nn.Cell):
 
     accepts_windows = True
 
-    def __init__(self, kernel_ops, fallback):
+    def __init__(self, kernel_op, fallback):
         super().__init__()
-        self.kernel = _FusedKernel(*kernel_ops)
+        self.kernel = kernel_op  # kernels.conv_path_op(kernel_size, head_dim)
         self.fallback = fallback
 
     def construct(self, qkv, fc_weight, fc_bias, dep_weight):

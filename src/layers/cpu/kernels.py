@@ -2,8 +2,9 @@
 
 Kernel pairs (forward, backward) in one library built from `csrc/` (each source says why it exists),
 used by the CPU formulation (`..formulation`): the convolution path of the Swin ACmix layer, fc and
-grouped convolution fused (`conv_path_ops`), LayerNorm over the last axis (`layer_norm_ops`) and the
-exact GELU (`gelu_ops`). Layers ask for them when they are built. A function returns None, and the
+grouped convolution fused (`conv_path_op`), LayerNorm over the last axis (`layer_norm_op`) and the
+exact GELU (`gelu_op`). Each pair is one Custom op whose `bprop` calls the backward kernel, so a layer
+uses it as any other op. Layers ask for them when they are built. A function returns None, and the
 layer runs MindSpore ops instead (the portable convolution path `..conv_path.ConvolutionPath`,
 nn.LayerNorm, `..activation.GELU`), when
 * the device target is not CPU (the kernels are C++ for the host);
@@ -131,14 +132,21 @@ def _kernel_library():
     return _library()
 
 
-def conv_path_ops(kernel_size, head_dim):
-    """(forward, backward) Custom ops of the fused Swin ACmix convolution path for a
-    kernel_size x kernel_size convolution with head_dim groups, or None when the kernels are off, the
-    device is not CPU, kernel_size is over MAX_KERNEL_SIZE, head_dim is not a multiple of
-    GROUPS_PER_VECTOR or the library cannot be built. float32 only.
+def _kernel(library, name, out_shape, out_dtype=None, bprop=None):
+    """The kernel `name` of the library as an ops.Custom. out_dtype defaults to out_shape: most kernels
+    return inputs' shapes and dtypes (the map names those inputs). With `bprop` (inputs..., out, dout)
+    -> the inputs' gradients, MindSpore differentiates the op by that function."""
+    return ops.Custom(f'{library}:{name}', func_type='aot', out_shape=out_shape,
+                      out_dtype=out_dtype or out_shape, bprop=bprop)
 
-    forward(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
-    backward(qkv, fc_w, fc_b, dep_w, dy (B, H, W, C)) -> gradients of the four inputs
+
+def conv_path_op(kernel_size, head_dim):
+    """The fused Swin ACmix convolution path for a kernel_size x kernel_size convolution with head_dim
+    groups as one differentiable Custom op (its gradients from the backward kernel), or None when the
+    kernels are off, the device is not CPU, kernel_size is over MAX_KERNEL_SIZE, head_dim is not a
+    multiple of GROUPS_PER_VECTOR or the library cannot be built. float32 only.
+
+    op(qkv (B, H, W, 3C), fc_w (k2, 3nh), fc_b (k2), dep_w (C, k2, k, k)) -> (B, H, W, C)
     qkv may instead be window-partitioned, (B, H / ws, W / ws, ws * ws, 3C); the output is the whole map
     (B, H, W, C) either way.
     """
@@ -146,42 +154,37 @@ def conv_path_ops(kernel_size, head_dim):
     library = _kernel_library() if fits else None
     if library is None:
         return None
-    forward = ops.Custom(f'{library}:FcConvForward', func_type='aot',
-                         out_shape=lambda qkv, fc_w, fc_b, dep_w: (*map_size(qkv), dep_w[0]),
-                         out_dtype=lambda qkv, fc_w, fc_b, dep_w: qkv)
-    backward = ops.Custom(f'{library}:FcConvBackward', func_type='aot',
-                          out_shape=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w),
-                          out_dtype=lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w))
-    return forward, backward
+    backward = _kernel(library, 'FcConvBackward', lambda qkv, fc_w, fc_b, dep_w, dy: (qkv, fc_w, fc_b, dep_w))
+
+    def bprop(qkv, fc_w, fc_b, dep_w, out, dout):
+        return backward(qkv, fc_w, fc_b, dep_w, dout)
+    return _kernel(library, 'FcConvForward', lambda qkv, fc_w, fc_b, dep_w: (*map_size(qkv), dep_w[0]),
+                   lambda qkv, fc_w, fc_b, dep_w: qkv, bprop)
 
 
-def layer_norm_ops():
-    """(forward, backward) Custom ops of a LayerNorm over the last axis, or None as conv_path_ops.
-    float32 only.
-
-    forward(x (..., C), gamma (C), beta (C), eps (1,)) -> y (x's shape)
-    backward(x, gamma, eps, dy) -> dx, dgamma, dbeta
-    """
+def layer_norm_op():
+    """A LayerNorm over the last axis as one differentiable Custom op, or None as conv_path_op.
+    float32 only. op(x (..., C), gamma (C), beta (C), eps (1,)) -> y (x's shape); eps gets no gradient
+    (a zero: the backward kernel computes those of x, gamma and beta)."""
     library = _kernel_library()
     if library is None:
         return None
-    forward = ops.Custom(f'{library}:LayerNormForward', func_type='aot',
-                         out_shape=lambda x, gamma, beta, eps: x, out_dtype=lambda x, gamma, beta, eps: x)
-    backward = ops.Custom(f'{library}:LayerNormBackward', func_type='aot',
-                          out_shape=lambda x, gamma, eps, dy: (x, gamma, gamma),
-                          out_dtype=lambda x, gamma, eps, dy: (x, gamma, gamma))
-    return forward, backward
+    backward = _kernel(library, 'LayerNormBackward', lambda x, gamma, eps, dy: (x, gamma, gamma))
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = backward(x, gamma, eps, dout)
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+    return _kernel(library, 'LayerNormForward', lambda x, gamma, beta, eps: x, bprop=bprop)
 
 
-def gelu_ops():
-    """(forward, backward) Custom ops of the exact GELU, or None as conv_path_ops. float32 only.
-
-    forward(x) -> x * Phi(x); backward(x, dy) -> dx
-    """
+def gelu_op():
+    """The exact GELU, x * Phi(x), as one differentiable Custom op, or None as conv_path_op. float32
+    only."""
     library = _kernel_library()
     if library is None:
         return None
-    forward = ops.Custom(f'{library}:GeluForward', func_type='aot', out_shape=lambda x: x, out_dtype=lambda x: x)
-    backward = ops.Custom(f'{library}:GeluBackward', func_type='aot', out_shape=lambda x, dy: x,
-                          out_dtype=lambda x, dy: x)
-    return forward, backward
+    backward = _kernel(library, 'GeluBackward', lambda x, dy: x)
+
+    def bprop(x, out, dout):
+        return (backward(x, dout),)
+    return _kernel(library, 'GeluForward', lambda x: x, bprop=bprop)
