@@ -16,6 +16,7 @@ import pytest
 
 import official_code
 from src.config import load_config
+from src.data import transforms
 from src.data.imagefolder import build_dataset
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 
@@ -23,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*.yaml')))
 # width x height: ImageNet's commonest landscape and portrait sizes, the 500 x 334 and 500 x 281 whose
 # centre crops have an odd margin (torchvision rounds the offset half to even), a small image that is
-# enlarged, a square one and a tall one.
-SIZES = [(500, 375), (375, 500), (500, 334), (500, 281), (200, 150), (256, 256), (180, 600)]
+# enlarged, a square one, a tall one that is enlarged and one that shrinks its height by more than twice
+# as many pixels as its width (which Pillow 13 resizes vertically first).
+SIZES = [(500, 375), (375, 500), (500, 334), (500, 281), (200, 150), (256, 256), (180, 600), (300, 900)]
 
 
 def _torchvision():
@@ -137,3 +139,24 @@ def test_the_fast_pipeline_is_close_to_the_official_one_but_not_equal(photo_fold
     difference = np.abs(got - want).mean(axis=(1, 2, 3))  # per image, in normalised units
     assert not np.array_equal(got, want)
     assert difference.max() < 0.25, difference
+
+
+@pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic'])
+def test_resizing_only_what_the_crop_keeps_is_the_whole_resize_bit_for_bit(interpolation):
+    """resize_and_center_crop against PIL's resize of the whole image then the crop, on noise (every
+    coefficient of both passes matters) at 300 random sizes, shrunk and enlarged, both pass orders."""
+    from PIL import Image
+    resample = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[interpolation]
+    rng = np.random.default_rng(0)
+    orders = set()
+    for _ in range(300):
+        w, h = (int(v) for v in rng.integers(130, 1000, size=2))
+        size, crop = [(256, 224), (438, 384), (329, 288), (146, 128)][rng.integers(4)]
+        new_w, new_h = transforms.short_side_size(w, h, size)
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        left, top = transforms.center_crop_offsets(new_w, new_h, crop)
+        whole = img.resize((new_w, new_h), resample).crop((left, top, left + crop, top + crop))
+        np.testing.assert_array_equal(np.asarray(transforms.resize_and_center_crop(img, size, crop, resample)),
+                                      np.asarray(whole), err_msg=f'{w}x{h} -> {size}, crop {crop}')
+        orders.add(h - new_h > max(0, 2 * (w - new_w)))  # Pillow 13's vertical-first rule
+    assert orders == {True, False}

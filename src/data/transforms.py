@@ -8,6 +8,9 @@ Evaluation has two pipelines, chosen by the config key `eval_pipeline`:
   ImageNet statistics: Swin with bicubic resampling and R = int(256 / 224 * S), the ResNets with
   bilinear and R = 256 at S = 224. Here R = int(S / crop_pct), which is the same integer for
   crop_pct 0.875 and every S. PIL shrinks with a filter as wide as the reduction (antialiasing).
+  Only the part of the resize that the crop keeps is computed (resize_and_center_crop), with the same
+  result. The installed Pillow's resize is the reference, as it is for torchvision (Pillow 13 changed
+  the order of its two passes for tall images: docs/recipes.md).
 * `fast`: MindSpore's C ops (Decode, Resize, CenterCrop, ToTensor, Normalize). Faster, and not the
   official tensors: the C Resize does not antialias when it shrinks, CenterCrop rounds the offset down
   where torchvision rounds half to even, and ToTensor/Normalize round differently in the last bit.
@@ -18,6 +21,7 @@ import io
 import re
 
 import numpy as np
+import PIL
 from mindspore.dataset import vision
 from mindspore.dataset.vision import Inter
 from PIL import Image
@@ -58,25 +62,69 @@ def decode_rgb(data):
     return img if img.mode == 'RGB' else img.convert('RGB')  # convert('RGB') of an RGB image is a copy
 
 
-def resize_short_side(img, size, resample):
-    """torchvision's Resize(size) with an int size on a PIL image: the short side becomes `size`, the
-    long side int(size * long / short) (truncated, not rounded)."""
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    return img.resize((new_w, new_h), resample)
+def short_side_size(width, height, size):
+    """torchvision's Resize(size) with an int size: the short side becomes `size`, the long side
+    int(size * long / short) (truncated, not rounded). Returns (new_width, new_height)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
 
 
-def center_crop(img, size):
-    """torchvision's CenterCrop(size) of an image at least size x size: the offsets round half to even
-    (Python's round), so an odd margin puts the extra pixel on the top or left as often as not."""
+def center_crop_offsets(width, height, size):
+    """(left, top) of torchvision's CenterCrop(size) of an image at least size x size: the offsets round
+    half to even (Python's round), so an odd margin puts the extra pixel on the top or left as often as
+    not."""
+    if width < size or height < size:
+        raise ValueError(f'a centre crop of {size} needs an image at least that large, got {width}x{height}')
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+
+
+# PIL resizes in two passes, each an 8-bit image: horizontal then vertical, except that Pillow 13
+# runs the vertical pass first when the height shrinks by more than twice as many pixels as the width
+# (libImaging/Resample.c, ImagingResampleInner). The two orders differ in the last bit.
+_PIL_MAJOR = int(PIL.__version__.split('.')[0])
+_PIL_FILTER_SUPPORT = {Image.BILINEAR: 1.0, Image.BICUBIC: 2.0}  # Resample.c's filter supports
+
+
+def _pil_vertical_first(width, height, new_width, new_height):
+    shrink_h, shrink_w = height - new_height, width - new_width
+    return _PIL_MAJOR >= 13 and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+def _pil_source_range(in_size, out_size, first, count, resample):
+    """[start, stop) of the input pixels (along one axis) PIL's resize reads for output pixels
+    first .. first + count - 1, as Resample.c's precompute_coeffs bounds them, one pixel wider each
+    side (reading more is harmless: those pixels are real ones)."""
+    scale = in_size / out_size
+    support = _PIL_FILTER_SUPPORT[resample] * max(scale, 1.0)
+    start = int((first + 0.5) * scale - support + 0.5)
+    stop = int((first + count - 0.5) * scale + support + 0.5)
+    return max(start - 1, 0), min(stop + 1, in_size)
+
+
+def resize_and_center_crop(img, size, crop, resample):
+    """torchvision's Resize(size) (PIL's antialiasing resize of the short side) then CenterCrop(crop)
+    of a PIL image, the same pixels bit for bit, computing only what the crop keeps: PIL's first pass
+    on the rows (or columns) the crop reads, its second pass on the columns (rows) it keeps. Each pass
+    is one PIL resize along one axis, with the coefficients of the whole image's resize; the pixels
+    the first pass leaves out are zeros that no kept pixel reads. Pillow versions after 13, whose pass
+    order is not known here, run the whole resize."""
     w, h = img.size
-    if w < size or h < size:
-        raise ValueError(f'a centre crop of {size} needs an image at least that large, got {w}x{h}')
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    new_w, new_h = short_side_size(w, h, size)
+    left, top = center_crop_offsets(new_w, new_h, crop)
+    if _PIL_MAJOR > 13:
+        return img.resize((new_w, new_h), resample).crop((left, top, left + crop, top + crop))
+    if _pil_vertical_first(w, h, new_w, new_h):
+        c0, c1 = _pil_source_range(w, new_w, left, crop, resample)
+        band = img.crop((c0, 0, c1, h)).resize((c1 - c0, new_h), resample)  # vertical pass, (c1 - c0) x new_h
+        wide = Image.new(img.mode, (w, crop))
+        wide.paste(band.crop((0, top, c1 - c0, top + crop)), (c0, 0))  # w x crop, kept rows only
+        return wide.resize((new_w, crop), resample).crop((left, 0, left + crop, crop))  # horizontal pass
+    r0, r1 = _pil_source_range(h, new_h, top, crop, resample)
+    band = img.crop((0, r0, w, r1)).resize((new_w, r1 - r0), resample)  # horizontal pass, new_w x (r1 - r0)
+    tall = Image.new(img.mode, (crop, h))
+    tall.paste(band.crop((left, 0, left + crop, r1 - r0)), (0, r0))  # crop x h, kept columns only
+    return tall.resize((crop, new_h), resample).crop((0, top, crop, top + crop))  # vertical pass
 
 
 # torchvision's ToTensor then Normalize maps a pixel value v of channel c to (v / 255 - mean_c) / std_c,
@@ -104,8 +152,7 @@ class OfficialEvalInput:
         self.resample = PIL_RESAMPLE[interpolation]
 
     def __call__(self, data):
-        img = resize_short_side(decode_rgb(data), self.resize, self.resample)
-        return normalized_chw(center_crop(img, self.image_size))
+        return normalized_chw(resize_and_center_crop(decode_rgb(data), self.resize, self.image_size, self.resample))
 
 
 def eval_transforms(cfg):
