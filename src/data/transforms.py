@@ -81,7 +81,8 @@ def center_crop_offsets(width, height, size):
 
 # PIL resizes in two passes, each an 8-bit image: horizontal then vertical, except that Pillow 13
 # runs the vertical pass first when the height shrinks by more than twice as many pixels as the width
-# (libImaging/Resample.c, ImagingResampleInner). The two orders differ in the last bit.
+# (libImaging/Resample.c, ImagingResampleInner), and Pillow 12.2-12.3 (in Image.resize) for images over
+# 100 times taller than wide. The two orders differ in the last bit (more with bicubic).
 _PIL_MAJOR = int(PIL.__version__.split('.')[0])
 _PIL_FILTER_SUPPORT = {Image.BILINEAR: 1.0, Image.BICUBIC: 2.0}  # Resample.c's filter supports
 
@@ -104,15 +105,16 @@ def _pil_source_range(in_size, out_size, first, count, resample):
 
 def resize_and_center_crop(img, size, crop, resample):
     """torchvision's Resize(size) (PIL's antialiasing resize of the short side) then CenterCrop(crop)
-    of a PIL image, the same pixels bit for bit, computing only what the crop keeps: PIL's first pass
-    on the rows (or columns) the crop reads, its second pass on the columns (rows) it keeps. Each pass
-    is one PIL resize along one axis, with the coefficients of the whole image's resize; the pixels
-    the first pass leaves out are zeros that no kept pixel reads. Pillow versions after 13, whose pass
-    order is not known here, run the whole resize."""
+    of an RGB or L PIL image (PIL premultiplies alpha around a resize), the same pixels bit for bit,
+    computing only what the crop keeps: PIL's first pass on the rows (or columns) the crop reads, its
+    second pass on the columns (rows) it keeps. Each pass is one PIL resize along one axis, with the
+    coefficients of the whole image's resize; the pixels the first pass leaves out are zeros that no
+    kept pixel reads. Where the pass order is not known here (Pillow after 13, and images over 100
+    times longer than wide), the whole image is resized."""
     w, h = img.size
     new_w, new_h = short_side_size(w, h, size)
     left, top = center_crop_offsets(new_w, new_h, crop)
-    if _PIL_MAJOR > 13:
+    if _PIL_MAJOR > 13 or max(w, h) > 100 * min(w, h):
         return img.resize((new_w, new_h), resample).crop((left, top, left + crop, top + crop))
     if _pil_vertical_first(w, h, new_w, new_h):
         c0, c1 = _pil_source_range(w, new_w, left, crop, resample)
