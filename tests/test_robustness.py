@@ -125,7 +125,7 @@ def test_sigterm_mid_epoch_saves_the_position_and_resume_gives_the_uninterrupted
     resumed = subprocess.run(_train_argv(data, tmp_path) + ['--resume', 'auto'], cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f'continuing at step {step} of epoch 2' in resumed.stdout
+    assert f'continuing after step {step} of epoch 2' in resumed.stdout
     assert f'epoch 2/4 step {step}/9' not in resumed.stdout and ('epoch 2/4 step 9/9' in resumed.stdout) == (step < 9)
     assert _losses(tmp_path) == uninterrupted  # the interrupted epoch's mean loss too
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['best.ckpt', 'epoch_002.ckpt', 'epoch_003.ckpt',

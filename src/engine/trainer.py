@@ -34,6 +34,7 @@ from .checkpoint import (
     ResumeError,
     auto_resume,
     best_checkpoint_path,
+    describe_position,
     epoch_checkpoint_path,
     epoch_checkpoints,
     load_ema_weights,
@@ -313,11 +314,9 @@ class TrainingRun:
             if replaced:
                 log.warning('metrics.json records epochs up to %d; this run retrains epochs %d-%d and replaces them',
                             replaced[-1], self.start_epoch + 1, replaced[-1])
-            position = (f'step {self.start_step} of epoch {self.start_epoch + 1}' if self.start_step
-                        else f'epoch {self.start_epoch + 1}')
             first = min(self.start_epoch * self.steps_per_epoch + self.start_step, len(self.lrs) - 1)
-            log.info('resumed from %s: %d epochs done, continuing at %s, lr %.6g', resume, self.start_epoch, position,
-                     float(self.lrs[first]))
+            log.info('resumed from %s: %d epochs done, continuing after %s, lr %.6g', resume, self.start_epoch,
+                     describe_position((self.start_epoch, self.start_step)), float(self.lrs[first]))
             if self.loss_scaler is not None:
                 log.info('loss scale %g (%s)', self._loss_scale(),
                          'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
