@@ -276,6 +276,31 @@ def test_layer_norm_and_gelu_kernels_run_ms_ops_under_mixed_precision():
         np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())
 
 
+@needs_compiler
+def test_kernel_layers_run_ms_ops_in_cells_mixed_precision_set_to_half_when_called_eagerly():
+    """Called eagerly (PyNative), auto_mixed_precision casts the inputs of each op, not the Cell's: the
+    kernel layers see a float32 input there and must still not give their float32 kernels float16
+    data. They run the ops of their fallbacks, as the reference layers do."""
+    from mindspore.amp import auto_mixed_precision
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.normal(size=(2, 4, 4, 16)).astype(np.float32))
+    conv_inputs = [Tensor(rng.normal(size=shape).astype(np.float32)) for shape in
+                   ((2, 4, 4, 48), (9, 6), (9,), (16, 9, 3, 3))]
+    cpu, portable = Formulation('cpu'), Formulation('portable')
+    pairs = [(cpu.gelu(), GELU(), (x,)), (cpu.layer_norm(16), nn.LayerNorm((16,), epsilon=1e-5), (x,)),
+             (cpu.convolution_path(2, 8, 16, 3, channels_last=True),
+              portable.convolution_path(2, 8, 16, 3, channels_last=True), conv_inputs)]
+    assert isinstance(pairs[2][0], KernelConvolutionPath)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        for ours, ref, inputs in pairs:
+            got = auto_mixed_precision(ours, 'O3')(*inputs)
+            want = auto_mixed_precision(ref, 'O3')(*inputs)
+            np.testing.assert_array_equal(got.asnumpy(), want.asnumpy(), err_msg=type(ours).__name__)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
 @pytest.mark.parametrize('shape,has_bias', [((4, 9, 24), True), ((5, 24), True), ((3, 24), False)])
 def test_cpu_dense_is_nn_dense_with_a_matmul_bias_gradient(shape, has_bias):
     rng = np.random.default_rng(0)

@@ -8,8 +8,11 @@ to float32 themselves. The dtype tests below are resolved when the graph is comp
 network (amp O0) gets no extra node, and its graphs stay as they were.
 """
 import mindspore as ms
+from mindspore import nn
 
 HALF_TYPES = (ms.float16, ms.bfloat16)
+# the mixed_precision_type values Cell.to_float gives a Cell for each half type (the enum is not public)
+_HALF_CELL_TYPES = tuple(nn.Cell().to_float(dtype).mixed_precision_type for dtype in HALF_TYPES)
 
 
 def float32_if_half(x):
@@ -24,3 +27,10 @@ def cast_to(x, dtype):
     if x.dtype == dtype:
         return x
     return x.astype(dtype)
+
+
+def set_to_half(cell):
+    """Whether auto_mixed_precision (or to_float) set `cell` to a half type. In a compiled graph such a
+    Cell gets its inputs cast; called eagerly (PyNative), MindSpore casts the inputs of each op inside
+    it instead, so a float32 input does not mean that its ops run in float32."""
+    return cell.mixed_precision_type in _HALF_CELL_TYPES

@@ -3,6 +3,7 @@ each way, where MindSpore's CPU ops for it and its gradient are a chain of eleme
 import mindspore as ms
 
 from ..activation import GELU
+from ..precision import set_to_half
 
 
 class KernelGELU(GELU):
@@ -15,6 +16,6 @@ class KernelGELU(GELU):
         self.kernel = kernel_op
 
     def construct(self, x):
-        if x.dtype == ms.float32:
+        if x.dtype == ms.float32 and not set_to_half(self):
             return self.kernel(x)
         return super().construct(x)

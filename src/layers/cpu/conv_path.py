@@ -13,6 +13,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from ..precision import set_to_half
 from ..window_ops import window_reverse
 from .kernels import map_size
 from .swap import SwapLastAxes, identity_stack
@@ -84,7 +85,7 @@ class KernelConvolutionPath(nn.Cell):
         self.fallback = fallback
 
     def construct(self, qkv, fc_weight, fc_bias, dep_weight):
-        if qkv.dtype == ms.float32:
+        if qkv.dtype == ms.float32 and not set_to_half(self):
             return self.kernel(qkv, fc_weight, fc_bias, dep_weight)
         if qkv.ndim == 5:
             _, h, w = map_size(qkv.shape)

@@ -14,9 +14,8 @@ nn.LayerNorm, `..activation.GELU`), when
   the environment variable `ACMIX_CPU_KERNELS=0` (read when a layer is built);
 * the library cannot be built (no C++ compiler, or a cache folder that cannot be written); a warning
   says why, once per process.
-All are float32; the layers run MindSpore ops for other dtypes (mixed precision). Known limit: a model
-under auto_mixed_precision called eagerly (PyNative, not under ms.jit) feeds the kernels float16 data
-and gets wrong values; compiled, as training and evaluation always run their steps, it does not.
+All are float32; the layers run MindSpore ops for other dtypes and in Cells that mixed precision set
+to a half type (`..precision.set_to_half`: called eagerly, such a Cell's input is still float32).
 
 The library is compiled from the sources of `csrc/` with `$CXX` (default g++) into
 `$ACMIX_KERNEL_CACHE` (default `~/.cache/acmix_mindspore`), named by a hash of the sources, compiler

@@ -4,6 +4,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
+from ..precision import set_to_half
+
 
 class KernelLayerNorm(nn.LayerNorm):
     """nn.LayerNorm((C,), epsilon=epsilon) (same parameters, gamma and beta) computed by the kernel op
@@ -16,6 +18,6 @@ class KernelLayerNorm(nn.LayerNorm):
         self.eps = Tensor(np.array([epsilon], np.float32))
 
     def construct(self, x):
-        if x.dtype == ms.float32:
+        if x.dtype == ms.float32 and not set_to_half(self):
             return self.kernel(x, self.gamma, self.beta, self.eps)
         return super().construct(x)
