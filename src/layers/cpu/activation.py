@@ -7,9 +7,9 @@ from ..precision import set_to_half
 
 
 class KernelGELU(GELU):
-    """GELU (exact, x * Phi(x)) by the kernel op (`kernels.gelu_op()`) for float32 inputs; other dtypes run
-    GELU's ops. Within fp32 rounding of GELU (the kernel's Phi of a negative x is the more precise one:
-    see the source)."""
+    """GELU (exact, x * Phi(x)) by the kernel op (`kernels.gelu_op()`) for float32 inputs; other dtypes,
+    and a Cell mixed precision set to a half type (precision.set_to_half), run GELU's ops. Within fp32
+    rounding of GELU (the kernel's Phi of a negative x is the more precise one: see the source)."""
 
     def __init__(self, kernel_op):
         super().__init__()

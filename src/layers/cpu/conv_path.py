@@ -74,8 +74,9 @@ class KernelConvolutionPath(nn.Cell):
     """The convolution path of the Swin layer as the fused CPU kernel op: qkv (B, H, W, 3C) token-major,
     fc_weight (k2, 3nh), fc_bias (k2,), dep_weight (C, k2, k, k) -> (B, H, W, C). qkv may also be
     window-partitioned, (B, H / ws, W / ws, ws * ws, 3C) (window_partition's order): the output is the
-    same convolution of the whole map. The kernel is float32; under mixed precision the path runs
-    `fallback` (the portable path) on the whole qkv map."""
+    same convolution of the whole map. The kernel is float32; under mixed precision (a half input, or
+    a Cell set to a half type: precision.set_to_half) the path runs `fallback` (the portable path) on
+    the whole qkv map."""
 
     accepts_windows = True
 

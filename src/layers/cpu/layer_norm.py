@@ -9,7 +9,8 @@ from ..precision import set_to_half
 
 class KernelLayerNorm(nn.LayerNorm):
     """nn.LayerNorm((C,), epsilon=epsilon) (same parameters, gamma and beta) computed by the kernel op
-    (`kernels.layer_norm_op()`) for float32 inputs; other dtypes run nn.LayerNorm's op. The result
+    (`kernels.layer_norm_op()`) for float32 inputs; other dtypes, and a Cell mixed precision set to a
+    half type (precision.set_to_half), run nn.LayerNorm's op. The result
     differs from ops.LayerNorm's by fp32 rounding (another summation order)."""
 
     def __init__(self, dim, epsilon, kernel_op):
