@@ -12,8 +12,7 @@ class DropPath(nn.Cell):
     'cpu' one, as a batched matmul with an inner dimension of 1, (B, M, 1) x (B, 1, 1), which
     multiplies each element by its sample's mask value just the same: on CPU a broadcasting Mul
     keeps index tables of 16 bytes per element for the graph's life (see docs/benchmark.md), the
-    matmul none. The formulation (formulation.py) sets
-    mask_by_matmul.
+    matmul none. The formulation (formulation.py) sets mask_by_matmul.
     """
 
     def __init__(self, drop_prob=0.0, mask_by_matmul=False):

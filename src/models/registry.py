@@ -24,8 +24,8 @@ _SETTINGS = {}
 def register_model(fn=None, *, sized=False, settings=None):
     """Register a model factory under its function name. `sized=True` marks models built for one
     input size, whose factory takes `img_size` (Swin: masks and windows are fixed at build time).
-    `settings`: the constructor arguments that make the architecture (depths, widths, ...), which the
-    factory builds it with (model_settings) before the caller's overrides."""
+    `settings`: the constructor arguments that make the architecture (depths, widths, ...):
+    create_model passes them to the factory, the caller's overrides on top (model_settings reads them)."""
     def register(fn):
         if fn.__name__ in _MODEL_FNS:
             raise ValueError(f'model {fn.__name__!r} is registered twice')
@@ -37,11 +37,17 @@ def register_model(fn=None, *, sized=False, settings=None):
     return register(fn) if fn is not None else register
 
 
+def _check_registered(name):
+    if name not in _MODEL_FNS:
+        close = difflib.get_close_matches(name, list(_MODEL_FNS), n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ''
+        raise UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
+
+
 def model_settings(name):
     """The constructor arguments registered with model `name` (a copy), e.g. for a tool that builds
     the same architecture elsewhere."""
-    if name not in _MODEL_FNS:
-        raise UnknownModelError(f'unknown model {name!r}. Available: {", ".join(list_models())}')
+    _check_registered(name)
     return dict(_SETTINGS[name])
 
 
@@ -68,13 +74,10 @@ def create_model(name, num_classes=1000, features_only=False, out_indices=(0, 1,
     overrides: passed to the model's constructor (e.g. img_size=(480, 640) for Swin,
         drop_path_rate=0.3, paths='attention').
     """
-    if name not in _MODEL_FNS:
-        close = difflib.get_close_matches(name, list(_MODEL_FNS), n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise UnknownModelError(f'unknown model {name!r}.{hint} Available: {", ".join(list_models())}')
+    _check_registered(name)
     if features_only:
         overrides.update(features_only=True, out_indices=out_indices)
-    net = _MODEL_FNS[name](num_classes=num_classes, **overrides)
+    net = _MODEL_FNS[name](num_classes=num_classes, **{**_SETTINGS[name], **overrides})
     if checkpoint_path is not None:
         load_weights(net, checkpoint_path, resize_windows=True)
     return net

@@ -7,7 +7,7 @@ from mindspore.common.initializer import HeNormal, initializer
 
 from ..layers import LocalAttentionACmix, resolve_formulation
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
-from .registry import InputSizeError, model_settings, register_model
+from .registry import InputSizeError, register_model
 
 
 def batch_norm(channels):
@@ -217,38 +217,34 @@ def _acmix_mixer(in_planes, out_planes, stride, dilation, **kwargs):
     return LocalAttentionACmix(in_planes, out_planes, stride=stride, dilation=dilation, **kwargs)
 
 
-def _resnet(name, kwargs):
-    return ResNet(**{**model_settings(name), **kwargs})
-
-
 @register_model(settings=dict(layers=(1, 2, 4, 1), acmix=True))
 def acmix_resnet26(**kwargs):
-    return _resnet('acmix_resnet26', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(layers=(2, 3, 5, 2), acmix=True))
 def acmix_resnet38(**kwargs):
-    return _resnet('acmix_resnet38', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(layers=(3, 4, 6, 3), acmix=True))
 def acmix_resnet50(**kwargs):
-    return _resnet('acmix_resnet50', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(layers=(1, 2, 4, 1), acmix=False))
 def resnet26(**kwargs):
-    return _resnet('resnet26', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(layers=(2, 3, 5, 2), acmix=False))
 def resnet38(**kwargs):
-    return _resnet('resnet38', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(layers=(3, 4, 6, 3), acmix=False))
 def resnet50(**kwargs):
-    return _resnet('resnet50', kwargs)
+    return ResNet(**kwargs)
 
 
 # For 32-64 px CPU demos and tests: 4 stages of one block, 16 channels at first, a 3x3/1 stem.
@@ -257,10 +253,10 @@ _MINI = dict(layers=(1, 1, 1, 1), base_channels=16, stem='small')
 
 @register_model(settings=dict(_MINI, acmix=True))
 def acmix_resnet_mini(**kwargs):
-    return _resnet('acmix_resnet_mini', kwargs)
+    return ResNet(**kwargs)
 
 
 @register_model(settings=dict(_MINI, acmix=False))
 def resnet_mini(**kwargs):
     """The plain-convolution twin of acmix_resnet_mini."""
-    return _resnet('resnet_mini', kwargs)
+    return ResNet(**kwargs)

@@ -14,7 +14,7 @@ from ..layers import (
 from ..layers.padding import zero_pad_axis
 from ..layers.window_acmix import swin_dense_init
 from .interface import check_out_indices, feature_info, forget_compiled_graphs
-from .registry import InputSizeError, model_settings, register_model
+from .registry import InputSizeError, register_model
 
 
 def _pair(size):
@@ -302,35 +302,31 @@ _MINI = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_h
              window_size=4, drop_path_rate=0.1)
 
 
-def _swin(name, kwargs):
-    return SwinTransformer(**{**model_settings(name), **kwargs})
-
-
 @register_model(sized=True, settings=dict(_TINY, acmix=True))
 def acmix_swin_tiny(**kwargs):
-    return _swin('acmix_swin_tiny', kwargs)
+    return SwinTransformer(**kwargs)
 
 
 @register_model(sized=True, settings=dict(_SMALL, acmix=True))
 def acmix_swin_small(**kwargs):
-    return _swin('acmix_swin_small', kwargs)
+    return SwinTransformer(**kwargs)
 
 
 @register_model(sized=True, settings=dict(_TINY, acmix=False))
 def swin_tiny(**kwargs):
-    return _swin('swin_tiny', kwargs)
+    return SwinTransformer(**kwargs)
 
 
 @register_model(sized=True, settings=dict(_SMALL, acmix=False))
 def swin_small(**kwargs):
-    return _swin('swin_small', kwargs)
+    return SwinTransformer(**kwargs)
 
 
 @register_model(sized=True, settings=dict(_MINI, acmix=True))
 def acmix_swin_mini(**kwargs):
-    return _swin('acmix_swin_mini', kwargs)
+    return SwinTransformer(**kwargs)
 
 
 @register_model(sized=True, settings=dict(_MINI, acmix=False))
 def swin_mini(**kwargs):
-    return _swin('swin_mini', kwargs)
+    return SwinTransformer(**kwargs)
