@@ -6,7 +6,7 @@
 # CPU; default Ascend). Logs: LOG_DIR (default ./msrun_eval_log). Several servers: NODE_NUM, NODE_RANK
 # and MASTER_ADDR on each, as for run_distribute_train.sh msrun (scripts/env.sh, acmix_msrun); every
 # server needs the checkpoint and the data at the paths given. DRY_RUN=1 prints the msrun command.
-# Tested on CPU with two "servers" on one machine (tests/test_engine_multinode.py); not run on Ascend
+# Tested on CPU with two "servers" on one machine (tests/test_engine_distributed.py); not run on Ascend
 # or GPU by the authors (no device here).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"

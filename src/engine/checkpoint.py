@@ -194,8 +194,8 @@ def step_checkpoints(ckpt_dir):
 
 def training_checkpoints(ckpt_dir):
     """[((epochs done, steps into the next epoch), path)], oldest first."""
-    return sorted((checkpoint_position(path), path)
-                  for path in [p for _, p in epoch_checkpoints(ckpt_dir)] + step_checkpoints(ckpt_dir))
+    found = [((epoch, 0), path) for epoch, path in epoch_checkpoints(ckpt_dir)]
+    return sorted(found + [(checkpoint_position(path), path) for path in step_checkpoints(ckpt_dir)])
 
 
 def checkpoint_position(path):
