@@ -83,9 +83,11 @@ def test_the_cpu_formulation_fails_the_audit():
 
 
 # A model built only from layers of an audited one, each with the same settings, in the same recipe:
-# its graphs hold the audited model's primitives, each with the same attributes and shapes (the checks
-# are per node; the step's own nodes, optimizer, clipping, EMA and loss scaling, are elementwise over
-# the parameters), so that audit proves them. test_has_only_the_layers_of_an_audited_model checks the
+# at the audited model's input size its graphs hold the audited model's primitives, each with the same
+# attributes and shapes (the checks are per node; the step's own nodes, optimizer, clipping, EMA and
+# loss scaling, are elementwise over the parameters), so that audit proves them. (The audit builds
+# every model at a small size in place of the 224 px users train at; ResNet-26 alone would be audited
+# at 64 px, ResNet-38 is at 128.) test_has_only_the_layers_of_an_audited_model checks the
 # premise in seconds. Swin-S repeats Swin-T's layers (stage 3 has 18 blocks instead of 6; only
 # stochastic depth's rates differ). ResNet-38 (2-3-5-2 blocks) has every kind of block of ResNet-26
 # (1-2-4-1) and of ResNet-50 (3-4-6-3): each stage's first block and, in each stage, the next; stage
@@ -96,14 +98,14 @@ AUDITED_AS = {'acmix_swin_small': 'acmix_swin_tiny', 'swin_small': 'swin_tiny',
               'acmix_resnet50': 'acmix_resnet38', 'resnet50': 'resnet38'}
 
 
-def _layer_settings(arch):
+def _layer_settings(arch, image_size=None):
     """{(Cell class, its public scalar settings)} of arch as the audit builds it (portable formulation,
-    its config's size), stochastic depth's rate left out."""
+    the audit's size or image_size), stochastic depth's rate left out."""
     from mindspore.nn.utils import no_init_parameters
 
     from src.models import build_model
     with no_init_parameters():
-        net = build_model(audit_graph._audit_config(arch, None))
+        net = build_model(audit_graph._audit_config(arch, image_size))
     def scalar(v):
         return isinstance(v, (bool, int, float, str)) or (isinstance(v, tuple) and all(map(scalar, v)))
     return {(type(cell).__name__, tuple(sorted((k, v) for k, v in vars(cell).items()
@@ -115,7 +117,8 @@ def _layer_settings(arch):
 def test_has_only_the_layers_of_an_audited_model(arch, audited):
     from src.config import load_config
     assert audited not in AUDITED_AS
-    assert _layer_settings(arch) <= _layer_settings(audited)
+    size = audit_graph._audit_config(audited, None).image_size
+    assert _layer_settings(arch, size) <= _layer_settings(audited)
     shipped = [load_config(str(ROOT / 'config' / f'{name}.yaml')) for name in (arch, audited)]
     differ = {k for k in shipped[0] if shipped[0][k] != shipped[1].get(k)}
     assert differ - {'drop_path_rate'} == {'arch', 'output_dir'}, differ  # the same optimizer, clipping, amp
