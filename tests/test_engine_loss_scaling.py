@@ -19,7 +19,7 @@ import train as train_script
 from conftest import tiny_config
 from src.cli import run_main
 from src.config import ConfigError
-from src.engine.checkpoint import load_training_checkpoint
+from src.engine.checkpoint import load_training_checkpoint, read_training_checkpoint, split_training_checkpoint
 from src.engine.train_step import clip_by_global_norm, make_train_step
 from src.engine.trainer import train
 from src.models import build_model
@@ -75,6 +75,31 @@ def _dense_sgd_update(clip_grad, loss_scale):
     assert np.isfinite(loss.asnumpy()) and not overflow.asnumpy()
     assert reported_scale.asnumpy() == (1.0 if loss_scale is None else loss_scale)
     return [b - p.asnumpy() for b, p in zip(before, net.trainable_params())]
+
+
+def test_a_skipped_step_advances_the_learning_rate_and_not_adamws_update_count():
+    """The learning rate follows the training steps, a skipped one included (the official loops call
+    their scheduler every iteration); AdamW's bias correction counts the applied updates (torch's
+    per-parameter step, which apex's skipped step leaves as it was)."""
+    from src.engine.optim import AdamW
+    rng = np.random.default_rng(4)
+    net = nn.Dense(4, 3)
+    for param in net.trainable_params():
+        param.set_data(Tensor(rng.normal(size=param.shape).astype(np.float32)))
+    optimizer = AdamW(net.trainable_params(), learning_rate=Tensor(np.array([0.1, 0.2, 0.3], np.float32)))
+    step = make_train_step(net, nn.CrossEntropyLoss(), optimizer, ms.amp.DynamicLossScaler(2.0 ** 8, 2, 1000))
+    images, labels = Tensor(rng.normal(size=(6, 4)).astype(np.float32)), Tensor(np.array([0, 1, 2, 0, 1, 2], np.int32))
+    _, overflow, _ = step([(images * np.float32(np.inf), labels)])
+    assert overflow.asnumpy()
+    assert (optimizer.global_step.asnumpy().tolist(), optimizer.update_count.asnumpy().tolist()) == ([1], [0])
+    before = [p.asnumpy().copy() for p in net.trainable_params()]
+    _, overflow, _ = step([(images, labels)])
+    assert not overflow.asnumpy()
+    assert (optimizer.global_step.asnumpy().tolist(), optimizer.update_count.asnumpy().tolist()) == ([2], [1])
+    # torch's first AdamW update moves each weight by lr * g / (|g| + eps): here the second step's lr,
+    # 0.2 (the first's, 0.1, if the skipped step were not counted; 0.74 x 0.2 with t = 2)
+    for b, p in zip(before, net.trainable_params()):
+        np.testing.assert_allclose(np.abs(b - p.asnumpy()), 0.2, rtol=1e-4)
 
 
 # A training step at amp O2 of both attention layers in both formulations, a LayerNorm and the
@@ -189,6 +214,9 @@ def test_overflowing_steps_are_skipped_counted_and_training_recovers(overflowing
     assert scales == [OVERFLOWING_SCALE / 2 ** n for n in np.cumsum(skipped)], (scales, skipped)
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert json.loads((out / 'metrics.json').read_text()) == history
+    # the schedule's position is the number of steps, skipped ones included
+    _, saved, _ = split_training_checkpoint(read_training_checkpoint(str(out / 'checkpoints' / 'epoch_004.ckpt')))
+    assert saved['global_step'].asnumpy().tolist() == [4 * 3]
     log = (out / 'train.log').read_text()
     assert re.search(rf'epoch 1/4 step 1/3 loss \S+ lr \S+ loss scale {OVERFLOWING_SCALE / 2:g} '
                      r'\(skipped 1 of 1 steps\) ',

@@ -187,7 +187,8 @@ def test_the_resnet_recipe_trains_as_the_official_code():
 
 def test_a_training_checkpoint_of_the_earlier_adamw_resumes_into_torchs(tmp_path):
     """Checkpoints written while AdamW was nn.AdamWeightDecay hold its moments (adam_m., adam_v.) and
-    step: they resume into the AdamW of the recipe, every moment and the step restored."""
+    step: they resume into the AdamW of the recipe, every moment and the step restored, the count of
+    applied updates (adam_step, which they lack) from their step, which counted only those."""
     from mindspore import nn
 
     from src.engine.checkpoint import load_training_checkpoint, optimizer_state, save_training_checkpoint
@@ -209,7 +210,7 @@ def test_a_training_checkpoint_of_the_earlier_adamw_resumes_into_torchs(tmp_path
     assert load_training_checkpoint(path, net, optimizer)['epoch'] == 1
     restored = {p.name: p.asnumpy() for p in optimizer_state(net, optimizer)}
     saved = {p.name: p.asnumpy() for p in optimizer_state(net, earlier)}
-    assert sorted(restored) == sorted(saved) and any(name.startswith('adam_v.') for name in saved)
-    assert restored['global_step'].ravel().tolist() == [7]
+    assert sorted(restored) == sorted([*saved, 'adam_step']) and any(name.startswith('adam_v.') for name in saved)
+    assert restored['global_step'].ravel().tolist() == restored['adam_step'].ravel().tolist() == [7]
     for name, value in saved.items():
         np.testing.assert_array_equal(restored[name], value, err_msg=name)

@@ -50,6 +50,23 @@ def test_resume_continues_at_saved_epoch_and_lr(tiny_imagefolder, tmp_path):
     assert meta['epoch'] == 2
 
 
+def test_a_run_resumed_with_another_batch_size_continues_its_own_schedule(tiny_imagefolder, tmp_path):
+    """From an epoch checkpoint of a run with other steps per epoch (the batch halved: 3 steps an
+    epoch, then 6), the learning rate is this run's schedule at the saved epoch, as the official loop's
+    scheduler (called with epoch * steps + step) has it; AdamW's bias correction counts the updates
+    applied."""
+    from src.engine.checkpoint import read_training_checkpoint, split_training_checkpoint
+    run = dict(eval_interval=0, optimizer='adamw')
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=1, **run))
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=3, batch_size=4, resume='auto', **run))
+    _, saved, _ = split_training_checkpoint(read_training_checkpoint(str(tmp_path / 'checkpoints' / 'epoch_003.ckpt')))
+    assert saved['global_step'].asnumpy().tolist() == [3 * 6]  # the end of this run's table
+    assert saved['adam_step'].asnumpy().tolist() == [3 + 2 * 6]
+    assert ('epoch_001.ckpt was saved by a run of 3 steps an epoch, this one has 6 (batch_size, '
+            "accumulation_steps or device count changed): the learning-rate schedule is this run's, continued "
+            'after the end of epoch 1') in (tmp_path / 'train.log').read_text()
+
+
 def test_evaluate_counts_every_sample(tiny_imagefolder, tmp_path):
     cfg = tiny_config(tiny_imagefolder, tmp_path, eval_batch_size=5)  # 12 val images: 5 + 5 + 2
     net = build_model(cfg)

@@ -88,6 +88,10 @@ EPOCH_SKIPPED_META = 'epoch_skipped_steps'
 # Steps count optimizer updates: a step checkpoint's position means accumulation_steps times as many
 # batches, so a run resumes from one only with the same accumulation_steps.
 ACCUMULATION_META = 'accumulation_steps'
+# The steps an epoch had in the run that saved it: a run with another number (batch_size,
+# accumulation_steps or device count changed) resumes from an epoch checkpoint on its own schedule, at
+# the saved epoch, and says so.
+STEPS_PER_EPOCH_META = 'steps_per_epoch'
 
 
 def save_training_checkpoint(path, net, optimizer=None, meta=None, ema_net=None):
@@ -145,6 +149,9 @@ def load_training_checkpoint(path, net, optimizer=None, params=None):
     weights, opt_state, meta = split_training_checkpoint(read_training_checkpoint(path) if params is None else params)
     load_checkpoint_strict(net, weights)
     if optimizer is not None:
+        for name, saved_as in getattr(optimizer, 'SAVED_AS', {}).items():  # a checkpoint of an earlier version
+            if name not in opt_state and saved_as in opt_state:
+                opt_state[name] = ms.Parameter(ms.Tensor(opt_state[saved_as].asnumpy()), name=name)
         expected = {p.name for p in optimizer_state(net, optimizer)}
         missing = sorted(expected - set(opt_state))
         if missing:

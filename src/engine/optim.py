@@ -98,8 +98,16 @@ class AdamW(nn.Optimizer):
     param *= 1 - lr * wd, then Adam with bias correction, param -= lr / (1 - beta1^t) * m /
     (sqrt(v) / sqrt(1 - beta2^t) + eps), t the number of updates so far (this one included). MindSpore's
     nn.AdamWeightDecay has no bias correction: its early updates are larger, by 3.2x at the first.
-    The moments are named as nn.AdamWeightDecay's (adam_m., adam_v.) and t is the optimizer's
-    global_step, so a training checkpoint of either resumes into the other."""
+    t counts the updates applied (adam_step), as torch's per-parameter step does; global_step, which
+    picks the learning rate, counts the training steps, skipped ones included (make_train_step
+    advances it when it skips the update), as the official loop's per-iteration scheduler does. The
+    moments are named as nn.AdamWeightDecay's (adam_m., adam_v.), so a training checkpoint of either
+    resumes into the other; one without adam_step was saved when global_step counted the applied
+    updates, and its global_step is taken for it (SAVED_AS)."""
+
+    UPDATE_COUNT = 'adam_step'
+    # {parameter a checkpoint of an earlier version lacks: the saved parameter that held its value}
+    SAVED_AS = {UPDATE_COUNT: 'global_step'}
 
     def __init__(self, params, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__(learning_rate, params, weight_decay)
@@ -109,6 +117,7 @@ class AdamW(nn.Optimizer):
         self.log_beta1, self.log_beta2 = Tensor(math.log(beta1), ms.float32), Tensor(math.log(beta2), ms.float32)
         self.moments1 = self._parameters.clone(prefix='adam_m', init='zeros')
         self.moments2 = self._parameters.clone(prefix='adam_v', init='zeros')
+        self.update_count = ms.Parameter(Tensor([0], ms.int32), name=self.UPDATE_COUNT, requires_grad=False)
         # per parameter: groups give each its group's decay; else one value for all (decay_flags, as
         # nn.Optimizer sets them without groups, leave out the parameters named beta and gamma)
         self.decays = None if self.is_group else (Tensor(weight_decay, ms.float32),) * len(self._parameters)
@@ -116,9 +125,10 @@ class AdamW(nn.Optimizer):
     def construct(self, gradients):
         weight_decay = self.get_weight_decay()
         lr = self.get_lr()
-        # t, this update's number, is read before the step counter is advanced, as get_lr reads it: a
-        # read after the in-place update would copy the parameter (a TensorMove in the graph)
-        t = (self.global_step + self.global_step_increase_tensor).astype(ms.float32)
+        # t, this update's number, is read before its counter is advanced, as get_lr reads global_step:
+        # a read after the in-place update would copy the parameter (a TensorMove in the graph)
+        t = (self.update_count + self.global_step_increase_tensor).astype(ms.float32)
+        self.assignadd(self.update_count, self.global_step_increase_tensor)
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         bias_correction1 = 1.0 - ops.exp(t * self.log_beta1)
         bias_correction2_sqrt = ops.sqrt(1.0 - ops.exp(t * self.log_beta2))

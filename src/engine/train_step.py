@@ -178,6 +178,11 @@ def make_train_step(net, loss_fn, optimizer, loss_scaler=None, clip_grad=None, g
             finite = all_ranks_finite(finite)
         if finite:
             update(grads)
+        else:
+            # The learning rate follows the training steps, a skipped one included, as the official
+            # loops call their scheduler every iteration: the optimizer, which advances global_step
+            # when it updates, did not run.
+            ops.assign_add(optimizer.global_step, optimizer.global_step_increase_tensor)
         loss_scaler.adjust(finite)
         return loss, ops.logical_not(finite), loss_scaler.scale_value
 

@@ -31,6 +31,7 @@ from .checkpoint import (
     LAST_META,
     LOSS_SCALE_META,
     STEP_META,
+    STEPS_PER_EPOCH_META,
     ResumeError,
     auto_resume,
     best_checkpoint_path,
@@ -290,6 +291,12 @@ class TrainingRun:
             raise ResumeError(f'{resume} was saved after step {self.start_step} of an epoch, but an epoch now has '
                               f'{self.steps_per_epoch} steps (batch_size, accumulation_steps or device count '
                               'changed); resume from an epoch checkpoint')
+        # The optimizer's global_step picks the learning rate: this run's schedule at the saved position.
+        # The checkpoint's own count is that of the run that saved it, whose epochs may have had
+        # another number of steps (or, saved by an earlier version, counted only the applied updates).
+        step = self.optimizer.global_step
+        step.set_data(ms.Tensor(np.full(step.shape, self.start_epoch * self.steps_per_epoch + self.start_step),
+                                step.dtype))
         if self.start_step:
             self.resumed_losses = [float(v) for v in np.atleast_1d(meta[EPOCH_LOSSES_META])]
             self.resumed_skipped = int(meta[EPOCH_SKIPPED_META])
@@ -317,6 +324,12 @@ class TrainingRun:
             first = min(self.start_epoch * self.steps_per_epoch + self.start_step, len(self.lrs) - 1)
             log.info('resumed from %s: %d epochs done, continuing after %s, lr %.6g', resume, self.start_epoch,
                      describe_position((self.start_epoch, self.start_step)), float(self.lrs[first]))
+            saved_steps = int(meta.get(STEPS_PER_EPOCH_META, self.steps_per_epoch))
+            if saved_steps != self.steps_per_epoch:
+                log.warning('%s was saved by a run of %d steps an epoch, this one has %d (batch_size, '
+                            'accumulation_steps or device count changed): the learning-rate schedule is this '
+                            "run's, continued after %s", resume, saved_steps, self.steps_per_epoch,
+                            describe_position((self.start_epoch, self.start_step)))
             if self.loss_scaler is not None:
                 log.info('loss scale %g (%s)', self._loss_scale(),
                          'from the checkpoint' if LOSS_SCALE_META in meta else 'loss_scale; the checkpoint has none')
@@ -445,7 +458,8 @@ class TrainingRun:
         return record
 
     def _save(self, path, meta_extra, with_optimizer=True):
-        meta = {BEST_TOP1_META: self.best_top1, ACCUMULATION_META: self.accumulation, **meta_extra}
+        meta = {BEST_TOP1_META: self.best_top1, ACCUMULATION_META: self.accumulation,
+                STEPS_PER_EPOCH_META: self.steps_per_epoch, **meta_extra}
         if self.loss_scaler is not None:
             meta.update(loss_scaler_meta(self.loss_scaler, self.skipped_in_a_row))
         return save_training_checkpoint(path, self.net, self.optimizer if with_optimizer else None, meta,
