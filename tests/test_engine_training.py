@@ -67,6 +67,13 @@ def test_a_run_resumed_with_another_batch_size_continues_its_own_schedule(tiny_i
             'after the end of epoch 1') in (tmp_path / 'train.log').read_text()
 
 
+def test_ema_turned_on_at_a_resume_is_reported_in_the_log(tiny_imagefolder, tmp_path):
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=1, eval_interval=0))
+    train(tiny_config(tiny_imagefolder, tmp_path, epochs=2, eval_interval=0, ema=True, resume='auto'))
+    assert ('epoch_001.ckpt has no EMA weights (saved without ema): the average starts at its weights'
+            in (tmp_path / 'train.log').read_text())
+
+
 def test_evaluate_counts_every_sample(tiny_imagefolder, tmp_path):
     cfg = tiny_config(tiny_imagefolder, tmp_path, eval_batch_size=5)  # 12 val images: 5 + 5 + 2
     net = build_model(cfg)

@@ -202,6 +202,7 @@ class TrainingRun:
         # the state an uninterrupted run would have there.
         self.start_epoch, self.start_step, self.best_top1 = 0, 0, -1.0
         self.resumed_losses, self.resumed_skipped = [], 0
+        self.ema_restarted = False  # resumed from a checkpoint without EMA weights: the average starts again
         self.skipped_in_a_row = 0  # consecutive skipped steps, across epoch ends
         self.history = []
         self.last_saved = LastCheckpoint()
@@ -278,8 +279,8 @@ class TrainingRun:
         params = read_training_checkpoint(resume) if params is None else params
         meta = load_training_checkpoint(resume, self.net, self.optimizer, params)
         if self.ema is not None and not load_ema_weights(params, self.ema_net):
-            self.log.warning('%s has no EMA weights (saved without ema): the average starts at its weights', resume)
             self.ema.start_from_weights()
+            self.ema_restarted = True
         self.start_epoch, self.start_step = int(meta.get(LAST_META, 0)), int(meta.get(STEP_META, 0))
         self.best_top1 = float(meta.get(BEST_TOP1_META, -1.0))
         saved_accumulation = int(meta.get(ACCUMULATION_META, 1))
@@ -324,6 +325,8 @@ class TrainingRun:
             first = min(self.start_epoch * self.steps_per_epoch + self.start_step, len(self.lrs) - 1)
             log.info('resumed from %s: %d epochs done, continuing after %s, lr %.6g', resume, self.start_epoch,
                      describe_position((self.start_epoch, self.start_step)), float(self.lrs[first]))
+            if self.ema_restarted:
+                log.warning('%s has no EMA weights (saved without ema): the average starts at its weights', resume)
             saved_steps = int(meta.get(STEPS_PER_EPOCH_META, self.steps_per_epoch))
             if saved_steps != self.steps_per_epoch:
                 log.warning('%s was saved by a run of %d steps an epoch, this one has %d (batch_size, '
